@@ -1,0 +1,302 @@
+"""Typed settings parsed from an entry point's parameters: the one place a bad value is caught.
+
+MLflow passes every parameter as a string (`--name value` on the command line of the entry
+point), so each setting carries its own parser and a plain-words description of what it allows.
+A bad value raises `UserError`, which the step runner turns into one `error:` line and exit 2.
+
+Settings come in small groups (data, model, fit, ...) so the core functions take only what they
+use; an entry point names the groups it accepts and `parse_cli` fills them from one argv.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad parameter, missing folder): reported, never a traceback."""
+
+
+# -- parsers: each takes the parameter's name and its text, returns the typed value ------------
+
+Parser = Callable[[str, str], Any]
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Parser:
+    def parse(name: str, text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            value = None
+        if value is None or (minimum is not None and value < minimum) or (
+            maximum is not None and value > maximum
+        ):
+            raise UserError(f"{name} must be {_range_words('an integer', minimum, maximum)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def number(low: float, high: float | None = None, low_open: bool = True, high_open: bool = True) -> Parser:
+    """A finite float in the interval given; `high=None` means unbounded above."""
+
+    def parse(name: str, text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            value = math.nan
+        below = value <= low if low_open else value < low
+        above = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or below or above:
+            left = "(" if low_open else "["
+            right = ")" if high_open else "]"
+            interval = f"{left}{low:g}, {high:g}{right}" if high is not None else f"{left}{low:g}, inf)"
+            raise UserError(f"{name} must be a number in {interval}, got {text!r}")
+        return value
+
+    return parse
+
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def boolean(name: str, text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise UserError(f"{name} must be one of true/false, 1/0, yes/no, got {text!r}")
+
+
+def choice(*allowed: str) -> Parser:
+    def parse(name: str, text: str) -> str:
+        if text not in allowed:
+            raise UserError(f"{name} must be one of {', '.join(allowed)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def text(name: str, value: str) -> str:
+    return value
+
+
+def learning_rate(name: str, value: str) -> float | None:
+    """`auto` (None: tuned where tuning ran, else the mode's default) or a positive number."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return number(0.0, 10.0)(name, value)
+    except UserError:
+        raise UserError(f"{name} must be 'auto' or a number in (0, 10), got {value!r}") from None
+
+
+def lr_range(name: str, value: str) -> tuple[float, float] | None:
+    """`auto` (the mode's default range) or `LOW,HIGH` with 0 < LOW < HIGH."""
+    if value.strip().lower() in ("auto", ""):
+        return None
+    parts = value.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        low = high = math.nan
+    if not (0 < low < high < 10):
+        raise UserError(f"{name} must be 'auto' or LOW,HIGH with 0 < LOW < HIGH < 10, got {value!r}")
+    return (low, high)
+
+
+def name_list(name: str, value: str) -> tuple[str, ...]:
+    items = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
+    if not items:
+        raise UserError(f"{name} must be a comma-separated list with at least one entry, got {value!r}")
+    return items
+
+
+def patient_pattern(name: str, value: str) -> str:
+    """A regular expression applied to file names; its `patient` group (or whole match) is the key."""
+    if value == "":
+        return value
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise UserError(f"{name} must be a valid regular expression ('' disables patient checks): {e}") from None
+    return value
+
+
+def backbone_name(name: str, value: str) -> str:
+    from pipeline.models import available_backbones  # torchvision is imported only when asked
+
+    choices = available_backbones()
+    if value not in choices:
+        raise UserError(f"{name} must be a torchvision classification model, got {value!r}; choices: {', '.join(choices)}")
+    return value
+
+
+def weights_spec(name: str, value: str) -> str:
+    if value in ("imagenet", "none"):
+        return value
+    if not os.path.isfile(value):
+        raise UserError(
+            f"{name} must be imagenet, none, or the path of a state_dict file; no file at {value!r}"
+        )
+    return os.path.abspath(value)
+
+
+def _range_words(kind: str, minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"{kind} from {minimum} to {maximum}"
+    if minimum is not None:
+        return f"{kind} >= {minimum}"
+    if maximum is not None:
+        return f"{kind} <= {maximum}"
+    return kind
+
+
+def option(default: Any, parse: Parser, help: str) -> Any:
+    """A dataclass field that the command line can set; `default` is already parsed."""
+    return field(default=default, metadata={"parse": parse, "help": help})
+
+
+# -- the groups ---------------------------------------------------------------------------------
+
+DEFAULT_PATIENT_PATTERN = r"^(?P<patient>person\d+_(?:bacteria|virus)|(?:NORMAL2-)?IM-\d+)"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    data_dir: str = option("", text, "Kaggle-layout folder, MedMNIST .npz file, or '' for the demo set")
+    image_size: int = option(224, integer(16, 1024), "side of the square images the models see")
+    val_fraction: float = option(0.2, number(0.0, 1.0), "share of train/ held out as validation when there is no val/")
+    seed: int = option(42, integer(0, 2**31 - 1), "seed of the demo set, the validation split, the model and training")
+    cache_dir: str = option("", text, "where decoded images and features are cached ('' = $CXR_TRANSFER_CACHE or the user cache)")
+    patient_pattern: str = option(DEFAULT_PATIENT_PATTERN, patient_pattern, "regex whose 'patient' group is a file's patient id")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = option("efficientnet_b0", backbone_name, "torchvision classification model")
+    frozen: bool = option(True, boolean, "true: fixed feature extractor + new head; false: fine-tune all layers")
+    weights: str = option("imagenet", weights_spec, "imagenet, none, or a state_dict path")
+
+    @property
+    def mode(self) -> str:
+        return "frozen" if self.frozen else "finetune"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: int = option(10, integer(1, 10_000), "training epochs (the most; early stopping may end sooner)")
+    batch_size: int = option(32, integer(1, 65_536), "images (or feature vectors) per step")
+    lr: float | None = option(None, learning_rate, "learning rate of the head, or auto")
+    backbone_lr_scale: float = option(0.1, number(0.0, 1.0, high_open=False), "fine-tune: backbone lr = lr x this")
+    weight_decay: float = option(1e-4, number(0.0, 1.0, low_open=False), "AdamW weight decay")
+    patience: int = option(5, integer(0, 10_000), "stop after this many epochs without a better val_loss (0 = never)")
+    class_weights: str = option("auto", choice("auto", "none"), "auto: weight the loss by inverse class frequency")
+    augment: bool = option(True, boolean, "fine-tune: light augmentation of training images")
+    device: str = option("auto", choice("auto", "cpu", "cuda", "mps"), "auto = cuda, then mps, then cpu")
+    num_threads: int = option(0, integer(0, 1024), "CPU threads for torch (0 = torch's default)")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    storage: str = option("", text, "Optuna storage URL ('' = SQLite file beside the tracking store)")
+    study_name: str = option("", text, "'' = <backbone>-<mode>-<digest8>")
+    lr_range: tuple[float, float] | None = option(None, lr_range, "LOW,HIGH searched log-uniformly, or auto")
+    pruner: str = option("median", choice("median", "hyperband", "none"), "how hopeless trials are stopped early")
+
+
+@dataclass(frozen=True)
+class TrialsConfig:
+    n_trials: int = option(20, integer(1, 100_000), "trials this tune run adds to the study")
+
+
+@dataclass(frozen=True)
+class MainConfig:
+    tune_trials: int = option(10, integer(0, 100_000), "Optuna trials before training (0 skips tuning)")
+
+
+@dataclass(frozen=True)
+class ResumeConfig:
+    resume: str = option("", text, "run id of a killed train run to continue")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    model_uri: str = option("", text, "model to score (models:/..., runs:/.../model)")
+    train_run_id: str = option("", text, "or: the train run whose model to score")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    model_uri: str = option("", text, "model to use (models:/..., runs:/.../model)")
+    input: str = option("", text, "an image file or a folder of images")
+    output: str = option("predictions.csv", text, "CSV file to write")
+    threshold: float = option(0.5, number(0.0, 1.0), "probability of the positive class at which to call it")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    backbones: tuple[str, ...] = option(("resnet50", "efficientnet_b0"), name_list, "comma-separated backbones")
+    modes: tuple[str, ...] = option(("finetune", "frozen"), name_list, "comma-separated modes: frozen, finetune")
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def parse_cli(argv: list[str], *groups: type) -> tuple:
+    """Fill each settings group from `--name value` pairs; every name must belong to some group."""
+    owners = {f.name: group for group in groups for f in fields(group)}
+    given: dict[str, str] = {}
+    args = list(argv)
+    while args:
+        token = args.pop(0)
+        if not token.startswith("--"):
+            raise UserError(f"unexpected argument {token!r}; parameters are given as --name value")
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if not args:
+                raise UserError(f"parameter {key} has no value")
+            value = args.pop(0)
+        if key not in owners:
+            raise UserError(f"unknown parameter {key!r}; this entry point takes: {', '.join(owners)}")
+        given[key] = value
+    result = []
+    for group in groups:
+        values = {}
+        for f in fields(group):
+            if f.name in given:
+                values[f.name] = f.metadata["parse"](f.name, given[f.name])
+        result.append(group(**values))
+    _check_together(result)
+    return tuple(result)
+
+
+def _check_together(groups: list) -> None:
+    for g in groups:
+        if isinstance(g, CompareConfig):
+            bad = [m for m in g.modes if m not in ("frozen", "finetune")]
+            if bad:
+                raise UserError(f"modes must list frozen and/or finetune, got {', '.join(bad)}")
+            for b in g.backbones:
+                backbone_name("backbones", b)
+
+
+def as_params(*groups: Any) -> dict[str, str]:
+    """Settings as MLflow parameters: flat, stringified, tuples joined by commas, None as auto."""
+    params = {}
+    for g in groups:
+        for key, value in asdict(g).items():
+            if value is None:
+                value = "auto"
+            elif isinstance(value, (tuple, list)):
+                value = ",".join(str(v) for v in value)
+            elif isinstance(value, bool):
+                value = str(value).lower()
+            params[key] = str(value)
+    return params

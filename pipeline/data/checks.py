@@ -1,0 +1,241 @@
+"""What a data set holds, checked: the manifest, duplicates, patient overlap and the data report.
+
+All of it works on `ManifestRow`s (one per decoded image) and plain dicts, so it can be tested
+without images and reused by the test-set analysis.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter, defaultdict
+from dataclasses import astuple, dataclass, fields
+from itertools import combinations
+from pathlib import Path
+
+from pipeline.config import UserError
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    path: str  # relative to the data set's root (or split/index for an npz)
+    split: str
+    label: str
+    width: int
+    height: int
+    mode: str
+    content_hash: str  # of the decoded grey pixels and their shape
+
+
+MANIFEST_COLUMNS = [f.name for f in fields(ManifestRow)]
+
+
+def write_manifest(rows: list[ManifestRow], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(astuple(r) for r in rows)
+
+
+def read_manifest(path: Path) -> list[ManifestRow]:
+    with open(path, newline="") as f:
+        return [
+            ManifestRow(r["path"], r["split"], r["label"], int(r["width"]), int(r["height"]), r["mode"], r["content_hash"])
+            for r in csv.DictReader(f)
+        ]
+
+
+def check_every_class_present(rows: list[ManifestRow], classes: list[str]) -> None:
+    """After decoding: a class whose images were all unreadable is as bad as an empty folder."""
+    present = {(r.split, r.label) for r in rows}
+    for split in sorted({r.split for r in rows}, key=SPLIT_ORDER.index):
+        for label in classes:
+            if (split, label) not in present:
+                raise UserError(f"{split}/{label} has no readable image (see the rejected files); every class needs images in every split")
+
+
+# -- duplicates -------------------------------------------------------------------------------
+
+
+def duplicate_groups(rows: list[ManifestRow]) -> list[list[ManifestRow]]:
+    """Groups of two or more images with identical decoded pixels, largest first."""
+    by_hash: dict[str, list[ManifestRow]] = defaultdict(list)
+    for r in rows:
+        by_hash[r.content_hash].append(r)
+    groups = [g for g in by_hash.values() if len(g) > 1]
+    return sorted(groups, key=lambda g: (-len(g), g[0].path))
+
+
+def describe_duplicates(rows: list[ManifestRow]) -> dict:
+    groups = duplicate_groups(rows)
+    across = [g for g in groups if len({r.split for r in g}) > 1]
+    within = [g for g in groups if len({r.split for r in g}) == 1]
+    return {
+        "n_groups": len(groups),
+        "n_groups_across_splits": len(across),
+        "n_groups_within_split": len(within),
+        "n_groups_with_conflicting_labels": sum(len({r.label for r in g}) > 1 for g in groups),
+        "across_splits": [_group(g) for g in across],
+        "within_split": [_group(g) for g in within],
+    }
+
+
+def _group(group: list[ManifestRow]) -> dict:
+    return {
+        "content_hash": group[0].content_hash,
+        "files": [{"path": r.path, "split": r.split, "label": r.label} for r in group],
+    }
+
+
+# -- patients ---------------------------------------------------------------------------------
+
+
+def patient_id(path: str, pattern: re.Pattern) -> str | None:
+    """The patient key of a file name: the `patient` group of the pattern, or the whole match.
+
+    On the Kaggle names the key keeps the infection type (`person12_virus`), because the number
+    restarts per type: `person12_virus` and `person12_bacteria` are two different children.
+    """
+    match = pattern.search(Path(path).name)
+    if not match:
+        return None
+    return match.group("patient") if "patient" in pattern.groupindex else match.group(0)
+
+
+def patients_by_split(rows: list[ManifestRow], pattern: str) -> dict[str, dict[str, list[str]]]:
+    """split -> patient id -> files."""
+    compiled = re.compile(pattern)
+    result: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        pid = patient_id(r.path, compiled)
+        if pid is not None:
+            result[r.split][pid].append(r.path)
+    return result
+
+
+def describe_patients(rows: list[ManifestRow], pattern: str) -> dict:
+    if not pattern:
+        return {"pattern": "", "checked": False}
+    per_split = patients_by_split(rows, pattern)
+    with_id = sum(len(files) for patients in per_split.values() for files in patients.values())
+    overlaps = {}
+    splits = [s for s in SPLIT_ORDER if s in per_split]
+    for a, b in combinations(splits, 2):
+        shared = sorted(set(per_split[a]) & set(per_split[b]))
+        overlaps[f"{a}-{b}"] = {
+            "n_patients": len(shared),
+            "n_images": {a: sum(len(per_split[a][p]) for p in shared), b: sum(len(per_split[b][p]) for p in shared)},
+            "patients": [{"patient": p, a: per_split[a][p], b: per_split[b][p]} for p in shared],
+        }
+    return {
+        "pattern": pattern,
+        "checked": True,
+        "images_with_id": with_id,
+        "images_without_id": len(rows) - with_id,
+        "patients_per_split": {s: len(per_split[s]) for s in splits},
+        "overlap": overlaps,
+    }
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def data_report(
+    rows: list[ManifestRow],
+    *,
+    source: str,
+    kind: str,
+    digest: str,
+    classes: list[str],
+    image_size: int,
+    val_origin: str,
+    rejected: list[tuple[str, str]],
+    ignored: list[tuple[str, str]],
+    patient_pattern: str,
+) -> dict:
+    splits = [s for s in SPLIT_ORDER if any(r.split == s for r in rows)]
+    counts = {s: {c: 0 for c in classes} for s in splits}
+    for r in rows:
+        counts[r.split][r.label] += 1
+    totals = {s: sum(counts[s].values()) for s in splits}
+    return {
+        "source": source,
+        "kind": kind,
+        "digest": digest,
+        "classes": classes,
+        "image_size": image_size,
+        "val_origin": val_origin,
+        "counts": counts,
+        "totals": totals,
+        "balance": {s: {c: round(counts[s][c] / totals[s], 4) for c in classes} for s in splits},
+        "width_range": [min(r.width for r in rows), max(r.width for r in rows)],
+        "height_range": [min(r.height for r in rows), max(r.height for r in rows)],
+        "modes": dict(Counter(r.mode for r in rows)),
+        "rejected": [{"path": p, "reason": why} for p, why in rejected],
+        "ignored": [{"path": p, "reason": why} for p, why in ignored],
+        "duplicates": describe_duplicates(rows),
+        "patients": describe_patients(rows, patient_pattern),
+    }
+
+
+def render_report(report: dict, max_listed: int = 50) -> str:
+    """The report as Markdown, for people; the JSON beside it keeps every entry."""
+    classes = report["classes"]
+    lines = [
+        "# Data report",
+        "",
+        f"- source: `{report['source']}` ({report['kind']})",
+        f"- digest: `{report['digest']}`",
+        f"- validation split: {report['val_origin']}",
+        f"- images decoded to {report['image_size']} x {report['image_size']} grey",
+        f"- original sizes: width {report['width_range'][0]}-{report['width_range'][1]} px, "
+        f"height {report['height_range'][0]}-{report['height_range'][1]} px; "
+        f"modes: {', '.join(f'{m} ({n})' for m, n in sorted(report['modes'].items()))}",
+        "",
+        "## Images per split and class",
+        "",
+        "| split | " + " | ".join(classes) + " | total | " + " | ".join(f"% {c}" for c in classes) + " |",
+        "|---" * (2 * len(classes) + 2) + "|",
+    ]
+    for split, per_class in report["counts"].items():
+        shares = [f"{100 * report['balance'][split][c]:.1f}" for c in classes]
+        lines.append(f"| {split} | " + " | ".join(str(per_class[c]) for c in classes) + f" | {report['totals'][split]} | " + " | ".join(shares) + " |")
+    for title, key in (("Rejected files (could not be decoded)", "rejected"), ("Ignored files", "ignored")):
+        entries = report[key]
+        lines += ["", f"## {title}: {len(entries)}", ""]
+        lines += [f"- `{e['path']}`: {e['reason']}" for e in entries[:max_listed]]
+        if len(entries) > max_listed:
+            lines.append(f"- ... and {len(entries) - max_listed} more (see data_report.json)")
+    dup = report["duplicates"]
+    lines += [
+        "",
+        "## Exact duplicates (identical decoded pixels)",
+        "",
+        f"{dup['n_groups']} groups: {dup['n_groups_across_splits']} across splits, "
+        f"{dup['n_groups_within_split']} within one split; {dup['n_groups_with_conflicting_labels']} with conflicting labels.",
+        "",
+    ]
+    for group in (dup["across_splits"] + dup["within_split"])[:max_listed]:
+        lines.append("- " + ", ".join(f"`{f['path']}` ({f['split']}, {f['label']})" for f in group["files"]))
+    patients = report["patients"]
+    lines += ["", "## Patients", ""]
+    if not patients["checked"]:
+        lines.append("Not checked (patient_pattern is empty).")
+    else:
+        lines += [
+            f"Key: `{patients['pattern']}` on the file name; {patients['images_with_id']} images carry a patient id, "
+            f"{patients['images_without_id']} do not.",
+            "",
+            "| splits | shared patients | their images |",
+            "|---|---|---|",
+        ]
+        for pair, o in patients["overlap"].items():
+            a, b = pair.split("-")
+            lines.append(f"| {a} & {b} | {o['n_patients']} | {o['n_images'][a]} in {a}, {o['n_images'][b]} in {b} |")
+        for pair, o in patients["overlap"].items():
+            if o["patients"]:
+                lines += ["", f"Shared by {pair.replace('-', ' and ')}: " + ", ".join(p["patient"] for p in o["patients"][:max_listed])
+                          + (f" ... ({o['n_patients']} in all)" if o["n_patients"] > max_listed else "")]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,275 @@
+"""Where images come from: a Kaggle-layout folder or a MedMNIST `.npz` file, and how one is read.
+
+`list_source` walks the source without decoding anything and returns a `Listing`: every image
+with its split and label, plus every file it chose not to read and why. Reading is
+`read_image`, which turns any colour mode into one grey channel of 0..255 and raises
+`UnreadableImage` (with the reason) for anything it cannot decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.config import UserError
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
+# MedMNIST stores labels as integers; its PneumoniaMNIST defines 0 = normal, 1 = pneumonia.
+NPZ_CLASSES = ("NORMAL", "PNEUMONIA")
+
+
+class UnreadableImage(Exception):
+    """An image file that cannot be decoded; the message is the reason shown in the report."""
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One image of the source: a file (`path`) or a row of an npz array (`array`)."""
+
+    relpath: str
+    split: str
+    label: str
+    path: Path | None = None
+    array: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def fingerprint(self) -> str:
+        """Hash of the stored bytes: cheap, and enough to tell whether the data changed."""
+        data = self.path.read_bytes() if self.path is not None else np.ascontiguousarray(self.array).tobytes()
+        return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass
+class Listing:
+    """What a source holds, before decoding: images, skipped files and how val/ was obtained."""
+
+    kind: str  # "folder" or "npz"
+    location: str
+    classes: list[str]
+    images: list[SourceImage]
+    ignored: list[tuple[str, str]]  # (relative path, reason)
+    val_origin: str  # "folder", "npz" or "split of train/ (fraction f, seed s)"
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+_HIGH_BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def to_grey(img: Image.Image) -> tuple[np.ndarray, str]:
+    """One grey channel, uint8 0..255, whatever the mode; EXIF orientation applied first.
+
+    8-bit images keep their values (rescaling would change the data's distribution); 16-bit
+    and float images are stretched from their own min..max, since their white point varies
+    (12-bit detectors store 0..4095 in 16-bit files). Transparent pixels become black, the
+    colour of empty space on a radiograph.
+    """
+    mode = img.mode
+    img = ImageOps.exif_transpose(img)
+    if mode in _HIGH_BIT_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        lo, hi = float(values.min()), float(values.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return np.round((values - lo) * scale).astype(np.uint8), mode
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    elif mode == "CMYK":
+        img = img.convert("RGB")
+    return np.asarray(img.convert("L"), dtype=np.uint8), mode
+
+
+def read_image(data: bytes) -> tuple[np.ndarray, str]:
+    """Decode an encoded image to grey; `UnreadableImage` says why when it cannot."""
+    if not data:
+        raise UnreadableImage("empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return to_grey(img)
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image file PIL can identify") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UnreadableImage(f"cannot decode: {e}") from None
+
+
+def array_to_grey(array: np.ndarray) -> tuple[np.ndarray, str]:
+    """An npz row (H, W), (H, W, 1) or (H, W, 3) as grey uint8."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] == 3:
+        return to_grey(Image.fromarray(array.astype(np.uint8)))
+    if array.ndim != 2:
+        raise UnreadableImage(f"array of shape {array.shape} is not an image")
+    if array.dtype == np.uint8:
+        return array, "L"
+    return to_grey(Image.fromarray(array.astype(np.float32)))
+
+
+def pixel_hash(grey: np.ndarray) -> str:
+    """Identity of the decoded pixels: the same picture saved twice, or re-encoded losslessly,
+    hashes the same."""
+    digest = hashlib.sha256(str(grey.shape).encode())
+    digest.update(np.ascontiguousarray(grey).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def decode(image: SourceImage) -> tuple[np.ndarray, str]:
+    if image.array is not None:
+        return array_to_grey(image.array)
+    return read_image(image.path.read_bytes())
+
+
+# -- listing ----------------------------------------------------------------------------------
+
+
+def list_source(data_dir: str, val_fraction: float, seed: int) -> Listing:
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"data_dir {data_dir!r} does not exist; give a folder with train/ and test/ "
+            "(one sub-folder per class), a MedMNIST .npz file, or '' for the demo set"
+        )
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise UserError(f"data_dir {data_dir!r} is a file but not a .npz; give a folder or a MedMNIST .npz file")
+        return list_npz(path)
+    return list_folder(path, val_fraction, seed)
+
+
+def list_folder(root: Path, val_fraction: float, seed: int) -> Listing:
+    present = {p.name for p in root.iterdir() if p.is_dir()}
+    missing = [s for s in ("train", "test") if s not in present]
+    if missing:
+        found = ", ".join(sorted(p + "/" for p in present)) or "no sub-folders"
+        hint = _nested_layout_hint(root)
+        raise UserError(
+            f"{root} has no {' or '.join(m + '/' for m in missing)} folder (found: {found}); "
+            f"expected train/ and test/ (val/ optional), each with one sub-folder per class{hint}"
+        )
+    splits = [s for s in SPLITS if s in present]
+    images: list[SourceImage] = []
+    ignored: list[tuple[str, str]] = []
+    classes_per_split: dict[str, list[str]] = {}
+    for item in sorted(root.iterdir()):
+        if item.name not in splits:
+            ignored.append((item.name + ("/" if item.is_dir() else ""), "not a split folder (train/, val/, test/)"))
+    for split in splits:
+        split_dir = root / split
+        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes_per_split[split] = classes
+        for item in sorted(split_dir.iterdir()):
+            if item.is_file():
+                ignored.append((f"{split}/{item.name}", "not inside a class folder"))
+        for label in classes:
+            for file in sorted(p for p in (split_dir / label).rglob("*") if p.is_file()):
+                rel = file.relative_to(root).as_posix()
+                reason = _ignore_reason(file)
+                if reason:
+                    ignored.append((rel, reason))
+                else:
+                    images.append(SourceImage(rel, split, label, path=file))
+    classes = _check_classes(classes_per_split, images)
+    val_origin = "folder val/"
+    if "val" not in splits:
+        images = split_validation(images, val_fraction, seed)
+        val_origin = f"stratified split of train/ (val_fraction {val_fraction:g}, seed {seed})"
+    return Listing("folder", str(root.resolve()), classes, images, ignored, val_origin)
+
+
+def _nested_layout_hint(root: Path) -> str:
+    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (child / "train").is_dir() and (child / "test").is_dir():
+            return f"; did you mean data_dir={child}?"
+    return ""
+
+
+def _ignore_reason(file: Path) -> str | None:
+    name = file.name
+    if name.startswith("."):
+        return "hidden file"
+    if name.lower() in SYSTEM_FILES:
+        return "system file"
+    if file.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image extension ({file.suffix or 'none'})"
+    return None
+
+
+def _check_classes(classes_per_split: dict[str, list[str]], images: list[SourceImage]) -> list[str]:
+    described = "; ".join(f"{s}/ has {', '.join(c) or 'no class folders'}" for s, c in classes_per_split.items())
+    all_classes = sorted({c for cs in classes_per_split.values() for c in cs})
+    for split, classes in classes_per_split.items():
+        if len(classes) < 2:
+            raise UserError(
+                f"{split}/ must hold at least two class folders (e.g. NORMAL/ and PNEUMONIA/); found: {described}"
+            )
+        if classes != all_classes:
+            lacking = [c for c in all_classes if c not in classes]
+            raise UserError(f"{split}/ lacks the class folder(s) {', '.join(lacking)}; every split needs the same classes: {described}")
+    counts = {(i.split, i.label): 0 for i in images}
+    for i in images:
+        counts[(i.split, i.label)] += 1
+    for split, classes in classes_per_split.items():
+        for label in classes:
+            if counts.get((split, label), 0) == 0:
+                raise UserError(f"{split}/{label}/ holds no image files; every class needs images in every split")
+    return all_classes
+
+
+def split_validation(images: list[SourceImage], val_fraction: float, seed: int) -> list[SourceImage]:
+    """Move a stratified, seeded share of train/ to val; the same inputs give the same split."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[SourceImage]] = {}
+    for image in images:
+        if image.split == "train":
+            by_label.setdefault(image.label, []).append(image)
+    to_val: set[str] = set()
+    for label in sorted(by_label):
+        members = sorted(by_label[label], key=lambda i: i.relpath)
+        n_val = int(round(len(members) * val_fraction))
+        if len(members) < 2 or n_val < 1 or n_val >= len(members):
+            raise UserError(
+                f"train/{label}/ has {len(members)} images: too few to hold out val_fraction={val_fraction:g} "
+                "as validation; add images, change val_fraction, or provide a val/ folder"
+            )
+        order = rng.permutation(len(members))
+        to_val.update(members[k].relpath for k in order[:n_val])
+    return [
+        SourceImage(i.relpath, "val", i.label, i.path, i.array) if i.relpath in to_val else i for i in images
+    ]
+
+
+def list_npz(path: Path) -> Listing:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} as a .npz file: {e}") from None
+    with archive:
+        expected = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
+        missing = [k for k in expected if k not in archive.files]
+        if missing:
+            raise UserError(
+                f"{path} lacks the key(s) {', '.join(missing)}; a MedMNIST file holds "
+                f"{', '.join(expected)} (found: {', '.join(archive.files)})"
+            )
+        images: list[SourceImage] = []
+        for split in SPLITS:
+            arrays, labels = archive[f"{split}_images"], archive[f"{split}_labels"].reshape(-1)
+            if len(arrays) != len(labels):
+                raise UserError(f"{path}: {split}_images has {len(arrays)} rows but {split}_labels has {len(labels)}")
+            bad = sorted(set(labels.tolist()) - {0, 1})
+            if bad:
+                raise UserError(f"{path}: {split}_labels holds {bad}; expected 0 (NORMAL) and 1 (PNEUMONIA)")
+            for k, (array, label) in enumerate(zip(arrays, labels)):
+                images.append(SourceImage(f"{split}/{k:06d}", split, NPZ_CLASSES[int(label)], array=array))
+    split_classes = {s: sorted({i.label for i in images if i.split == s}) for s in SPLITS}
+    for split, classes in split_classes.items():
+        if len(classes) < 2:
+            raise UserError(f"{path}: {split} holds only {', '.join(classes) or 'no images'}; every split needs both classes")
+    return Listing("npz", str(path.resolve()), list(NPZ_CLASSES), images, [], "npz val split")

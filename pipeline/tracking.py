@@ -1,0 +1,163 @@
+"""All that speaks to MLflow: runs of steps, their names and tags, parameters, reuse, datasets.
+
+The names here are the contract of ../shared/DESIGN.md: tags `backbone`, `mode`, `step`; run
+names `<backbone>-<mode>-<step>`; reuse keyed by the step's inputs, the data digest and the
+code version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from pipeline import experiment
+from pipeline.config import UserError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def code_version() -> str:
+    """Hash of the package's source: a changed pipeline never reuses results of the old one."""
+    digest = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def input_key(step: str, params: dict[str, str], data_digest: str) -> str:
+    """What makes two runs of a step interchangeable: same parameters, data and code."""
+    identity = json.dumps({"step": step, "params": params, "data": data_digest, "code": code_version()}, sort_keys=True)
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
+
+
+def run_name(step: str, backbone: str | None = None, mode: str | None = None) -> str:
+    return f"{backbone}-{mode}-{step}" if backbone else step
+
+
+def _select_experiment() -> None:
+    """Point the client at the project's experiment, unless `mlflow run` already made our run."""
+    pending = os.environ.get("MLFLOW_RUN_ID")
+    if pending:
+        experiment.tag_experiment(MlflowClient().get_run(pending).info.experiment_id)
+    elif os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        experiment.tag_experiment(os.environ["MLFLOW_EXPERIMENT_ID"])
+    else:
+        mlflow.set_experiment(experiment_id=experiment.ensure_experiment())
+
+
+@contextmanager
+def step_run(step: str, backbone: str | None = None, mode: str | None = None, run_id: str | None = None) -> Iterator[Run]:
+    """The MLflow run of one step, ended FINISHED, FAILED (message in tag `error`) or KILLED.
+
+    Nested under the active run if there is one (main, compare, tune); under `mlflow run` the
+    outermost step adopts the run that `mlflow run` created; `run_id` reopens a given run (resume).
+    """
+    nested = mlflow.active_run() is not None
+    if not nested:
+        _select_experiment()
+    tags = {"step": step}
+    if backbone:
+        tags.update(backbone=backbone, mode=mode)
+    active = mlflow.start_run(run_id=run_id, run_name=run_name(step, backbone, mode), nested=nested, tags=tags)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        mlflow.set_tag("error", "interrupted (Ctrl-C)")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as e:
+        mlflow.set_tag("error", str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"[:5000])
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def fail_pending_run(message: str, status: str = "FAILED") -> None:
+    """A run created by `mlflow run` that the step never opened (bad parameter): mark it too."""
+    pending = os.environ.pop("MLFLOW_RUN_ID", None)
+    if pending:
+        client = MlflowClient()
+        client.set_tag(pending, "error", message)
+        client.set_terminated(pending, status)
+
+
+def log_params(params: dict[str, str]) -> None:
+    """Log parameters; where `mlflow run` already logged a key as typed (`lr=auto`,
+    `frozen=yes`), that stays and the resolved value goes under `<key>_resolved`.
+    (`mlflow run` logs values shell-quoted, so `''` stands for an empty string.)"""
+    run = mlflow.active_run()
+    existing = MlflowClient().get_run(run.info.run_id).data.params
+    fresh = {}
+    for key, value in params.items():
+        value = str(value)
+        if key not in existing:
+            fresh[key] = value
+        elif existing[key] not in (value, shlex.quote(value)):
+            fresh[f"{key}_resolved"] = value
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def log_dataset(name: str, source: str, digest: str, split_sizes: dict[str, int]) -> None:
+    """Register the data set as the run's input, so the UI shows which data each run used."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # a local path matches two equivalent source types
+        warnings.simplefilter("ignore")
+        dataset = MetaDataset(resolve_dataset_source(source), name=name, digest=digest)
+    mlflow.log_input(dataset, context="training", tags={f"n_{s}": str(n) for s, n in split_sizes.items()})
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    mlflow.log_text(text, artifact_file)
+
+
+def log_json(data: dict, artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(data, indent=1), artifact_file)
+
+
+def log_file(path: Path, artifact_dir: str) -> None:
+    mlflow.log_artifact(str(path), artifact_dir)
+
+
+def log_figure(figure, artifact_file: str) -> None:
+    mlflow.log_figure(figure, artifact_file)
+
+
+def find_reusable(step: str, key: str) -> Run | None:
+    """The newest FINISHED run of `step` with the same input key in the current experiment."""
+    active = mlflow.active_run()
+    experiment_id = active.info.experiment_id if active else experiment.ensure_experiment()
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.input_key = '{key}' and tags.step = '{step}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0] if runs else None
+
+
+def get_run(run_id: str) -> Run:
+    try:
+        return MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"no run with id {run_id!r} in the tracking store {mlflow.get_tracking_uri()}") from None
+
+
+def download(run_id: str, artifact_path: str) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tempfile.mkdtemp()))

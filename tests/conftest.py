@@ -1,0 +1,69 @@
+"""Shared fixtures: a scratch tracking store and cache per test, small generated data sets, and a
+helper that runs the real command lines (`mlflow run`, `python -m pipeline`) in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from pipeline.data.synthetic import write_demo
+
+ROOT = Path(__file__).resolve().parents[1]
+KERMANY = ROOT.parent / "shared" / "data" / "kermany-2400"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh SQLite tracking store and cache, used by this process and its subprocesses."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("CXR_TRANSFER_CACHE", str(tmp_path / "cache"))
+    for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+def make_dataset(root: Path, per_class: dict[str, int] | None = None, size: int = 48, seed: int = 0) -> Path:
+    """A small Kaggle-layout folder of synthetic radiographs (PNG, mode L)."""
+    write_demo(root, seed, per_class or {"train": 10, "val": 4, "test": 4}, size)
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    return make_dataset(tmp_path / "tiny")
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a real command line with the current environment (tracking URI and cache included)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_run(entry_point: str, params: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", entry_point]
+    for key, value in params.items():
+        args += ["-P", f"{key}={value}"]
+    return run_cli(args, **kwargs)
+
+
+def pipeline_cli(step: str, params: dict[str, str], **kwargs) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "pipeline", step]
+    for key, value in params.items():
+        args += [f"--{key}", str(value)]
+    return run_cli(args, **kwargs)
+
+
+def runs_of(step: str | None = None) -> list:
+    """Every run in every experiment of the current store, optionally of one step."""
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    return [r for r in runs if step is None or r.data.tags.get("step") == step]

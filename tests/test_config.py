@@ -1,0 +1,72 @@
+import pytest
+
+from pipeline.config import (
+    CompareConfig,
+    DataConfig,
+    FitConfig,
+    ModelConfig,
+    TuneConfig,
+    UserError,
+    as_params,
+    parse_cli,
+)
+
+
+def test_defaults_when_nothing_given():
+    data, model = parse_cli([], DataConfig, ModelConfig)
+    assert data == DataConfig()
+    assert (model.backbone, model.frozen, model.weights, model.mode) == ("efficientnet_b0", True, "imagenet", "frozen")
+
+
+@pytest.mark.parametrize("text,expected", [("true", True), ("1", True), ("YES", True), ("false", False), ("0", False), ("no", False)])
+def test_bool_spellings(text, expected):
+    (model,) = parse_cli(["--frozen", text], ModelConfig)
+    assert model.frozen is expected
+
+
+def test_both_argument_forms_and_types():
+    data, fit = parse_cli(["--image_size=64", "--val_fraction", "0.25", "--lr", "3e-4", "--seed", "7"], DataConfig, FitConfig)
+    assert (data.image_size, data.val_fraction, data.seed, fit.lr) == (64, 0.25, 7, 3e-4)
+    (fit,) = parse_cli(["--lr", "auto"], FitConfig)
+    assert fit.lr is None
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--image_size", "-3"], ["image_size", "integer", "16", "-3"]),
+        (["--image_size", "abc"], ["image_size", "integer"]),
+        (["--val_fraction", "1.5"], ["val_fraction", "(0, 1)", "1.5"]),
+        (["--val_fraction", "0"], ["val_fraction", "(0, 1)"]),
+        (["--frozen", "maybe"], ["frozen", "true/false", "1/0", "yes/no", "maybe"]),
+        (["--class_weights", "balanced"], ["class_weights", "auto", "none", "balanced"]),
+        (["--lr", "-1"], ["lr", "auto"]),
+        (["--lr_range", "1e-2,1e-4"], ["lr_range", "LOW,HIGH"]),
+        (["--backbone", "resnet5O"], ["backbone", "resnet50", "efficientnet_b0", "resnet5O"]),
+        (["--weights", "/missing.pth"], ["weights", "imagenet", "none", "/missing.pth"]),
+        (["--patient_pattern", "(unclosed"], ["patient_pattern", "regular expression"]),
+        (["--bogus", "1"], ["bogus", "data_dir", "backbone"]),
+        (["--epochs"], ["epochs", "no value"]),
+        (["stray"], ["stray", "--name value"]),
+    ],
+)
+def test_bad_values_name_the_parameter_and_what_is_allowed(argv, words):
+    with pytest.raises(UserError) as e:
+        parse_cli(argv, DataConfig, ModelConfig, FitConfig, TuneConfig)
+    for word in words:
+        assert word in str(e.value)
+
+
+def test_compare_lists_are_checked():
+    (cmp,) = parse_cli(["--backbones", "resnet18, resnet50,resnet18", "--modes", "frozen"], CompareConfig)
+    assert cmp.backbones == ("resnet18", "resnet50") and cmp.modes == ("frozen",)
+    with pytest.raises(UserError, match="modes"):
+        parse_cli(["--modes", "frozen,half"], CompareConfig)
+    with pytest.raises(UserError, match="backbones"):
+        parse_cli(["--backbones", "resnet50,nope"], CompareConfig)
+
+
+def test_params_are_flat_strings():
+    params = as_params(DataConfig(), FitConfig(), CompareConfig())
+    assert params["lr"] == "auto" and params["augment"] == "true" and params["backbones"] == "resnet50,efficientnet_b0"
+    assert all(isinstance(v, str) for v in params.values())

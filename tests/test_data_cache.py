@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from pipeline.data.cache import build_entry, cache_root, entry_folder, load_entry, resize_square
+from pipeline.data.sources import list_folder
+
+from conftest import make_dataset
+
+
+def test_cache_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("CXR_TRANSFER_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "cxr-transfer"
+    monkeypatch.setenv("CXR_TRANSFER_CACHE", str(tmp_path / "env"))
+    assert cache_root() == tmp_path / "env"
+    assert cache_root(str(tmp_path / "param")) == tmp_path / "param"
+
+
+def test_resize_squashes_to_a_square():
+    grey = np.zeros((40, 80), np.uint8)
+    grey[:, 40:] = 200
+    small = resize_square(grey, 16)
+    assert small.shape == (16, 16) and small[:, :7].max() == 0 and small[:, 9:].min() == 200
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_entry_holds_every_readable_image_and_lists_the_rest(tmp_path, workers):
+    data = make_dataset(tmp_path / "d", {"train": 40, "val": 2, "test": 2}, size=40)
+    (data / "train" / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    listing = list_folder(data, 0.2, 0)
+    folder = entry_folder(tmp_path / "cache", "d1", 24)
+    entry = build_entry(
+        folder, listing.images, digest="d1", classes=listing.classes, image_size=24,
+        source=str(data), kind="folder", val_origin=listing.val_origin, workers=workers,
+    )
+    assert entry.split_sizes == {"train": 80, "val": 4, "test": 4}
+    assert entry.images("train").shape == (80, 24, 24) and entry.images("train").dtype == np.uint8
+    assert isinstance(entry.images("train"), np.memmap)
+    assert entry.labels("test").tolist() == [0, 0, 1, 1]
+    assert entry.rejected == [("train/NORMAL/broken.jpeg", entry.rejected[0][1])]
+    assert "cannot decode" in entry.rejected[0][1]
+    rows = entry.manifest()
+    assert len(rows) == 88 and all(r.width == 40 and r.mode == "L" for r in rows)
+    assert load_entry(folder) == entry
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".building")]
+
+
+def test_a_second_entry_with_the_same_key_keeps_the_first(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "d", {"train": 2, "val": 2, "test": 2}, size=32)
+    listing = list_folder(data, 0.2, 0)
+    folder = entry_folder(tmp_path / "cache", "d2", 16)
+    kwargs = dict(digest="d2", classes=listing.classes, image_size=16, source=str(data), kind="folder", val_origin="x", workers=1)
+    first = build_entry(folder, listing.images, **kwargs)
+    second = build_entry(folder, listing.images, **kwargs)  # as if a concurrent worker finished later
+    assert first == second and np.array_equal(first.images("val"), second.images("val"))

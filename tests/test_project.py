@@ -1,0 +1,42 @@
+"""The project files agree with the code: MLproject's parameters and defaults are the settings of
+each step, and conda.yaml installs what pyproject.toml declares."""
+
+import importlib
+import re
+import tomllib
+from dataclasses import fields
+
+import yaml
+
+from pipeline.__main__ import STEPS
+
+from conftest import ROOT
+
+
+def mlproject():
+    return yaml.safe_load((ROOT / "MLproject").read_text())
+
+
+def test_every_entry_point_is_a_step_with_the_same_parameters_and_defaults():
+    spec = mlproject()
+    assert spec["conda_env"] == "conda.yaml" and spec["name"] == "cxr-transfer"
+    for name, entry in spec["entry_points"].items():
+        assert name in STEPS, name
+        groups = importlib.import_module(f"pipeline.steps.{name}").CONFIG
+        settings = {f.name: (group, f) for group in groups for f in fields(group)}
+        assert set(entry["parameters"]) == set(settings), name
+        for param, declared in entry["parameters"].items():
+            group, f = settings[param]
+            assert declared["type"] == "string", param
+            assert f.metadata["parse"](param, declared["default"]) == f.default, (name, param)
+        command = " ".join(entry["command"].split())
+        assert command.startswith(f"python -m pipeline {name} ")
+        assert re.findall(r"--(\w+) \{(\w+)\}", command) == [(p, p) for p in entry["parameters"]]
+
+
+def test_conda_env_installs_what_pyproject_declares():
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    assert "python=3.11" in conda["dependencies"]
+    (pip_section,) = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]
+    assert pip_section == declared
