@@ -8,13 +8,12 @@ and the run marked KILLED.
 from __future__ import annotations
 
 import importlib
-import pkgutil
+import signal
 import sys
 
-import pipeline.steps
-from pipeline.config import UserError
+from pipeline.config import STEP_SETTINGS, UserError, parse_cli
 
-STEPS = sorted(m.name for m in pkgutil.iter_modules(pipeline.steps.__path__) if not m.name.startswith("_"))
+STEPS = list(STEP_SETTINGS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,9 +22,11 @@ def main(argv: list[str] | None = None) -> None:
         given = repr(argv[0]) if argv else "nothing"
         print(f"error: the first argument must be a step ({', '.join(STEPS)}), got {given}", file=sys.stderr)
         sys.exit(2)
-    step = importlib.import_module(f"pipeline.steps.{argv[0]}")
+    # `mlflow run` cancels a run with SIGTERM: end it like Ctrl-C, with the run marked KILLED.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        step.main(argv[1:])
+        settings = parse_cli(argv[1:], *STEP_SETTINGS[argv[0]])
+        importlib.import_module(f"pipeline.steps.{argv[0]}").main(*settings)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         _fail_pending_run(str(e), "FAILED")
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> None:
         print("interrupted: the run is marked KILLED; what it logged is kept", file=sys.stderr)
         _fail_pending_run("interrupted (Ctrl-C)", "KILLED")
         sys.exit(130)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _fail_pending_run(message: str, status: str) -> None:

@@ -248,6 +248,12 @@ class CompareConfig:
 
 # -- the command line ---------------------------------------------------------------------------
 
+# The settings each entry point takes, parsed before the step (and torch) is even imported.
+STEP_SETTINGS: dict[str, tuple[type, ...]] = {
+    "prepare": (DataConfig,),
+    "train": (DataConfig, ModelConfig, FitConfig, ResumeConfig),
+}
+
 
 def parse_cli(argv: list[str], *groups: type) -> tuple:
     """Fill each settings group from `--name value` pairs; every name must belong to some group."""

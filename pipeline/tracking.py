@@ -94,6 +94,19 @@ def fail_pending_run(message: str, status: str = "FAILED") -> None:
         client.set_terminated(pending, status)
 
 
+def retire_pending_run(run_id: str) -> None:
+    """The run `mlflow run` made for a resume invocation: the training goes on in the resumed
+    run, so this one stays empty and says where the work went. (It cannot be deleted: `mlflow
+    run` marks it terminated after the step exits, which fails on a deleted run.)"""
+    pending = os.environ.pop("MLFLOW_RUN_ID", None)
+    if pending:
+        client = MlflowClient()
+        client.set_tag(pending, "mlflow.runName", f"resume-of-{run_id[:8]}")
+        client.set_tag(pending, "mlflow.note.content", f"Resumed train run {run_id}; its metrics and model are there.")
+        client.set_tag(pending, "resumed_run_id", run_id)
+        client.set_terminated(pending, "FINISHED")
+
+
 def log_params(params: dict[str, str]) -> None:
     """Log parameters; where `mlflow run` already logged a key as typed (`lr=auto`,
     `frozen=yes`), that stays and the resolved value goes under `<key>_resolved`.

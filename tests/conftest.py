@@ -17,6 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 KERMANY = ROOT.parent / "shared" / "data" / "kermany-2400"
 
 
+@pytest.fixture(autouse=True)
+def fresh_feature_memory():
+    """Each test starts as a new process would: no backbone features in memory."""
+    from pipeline.engine import FeatureCache
+
+    FeatureCache._memory.clear()
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     """A fresh SQLite tracking store and cache, used by this process and its subprocesses."""
@@ -67,3 +75,8 @@ def runs_of(step: str | None = None) -> list:
     """Every run in every experiment of the current store, optionally of one step."""
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     return [r for r in runs if step is None or r.data.tags.get("step") == step]
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The `error:` lines of a command's stderr (MLflow's own INFO lines may surround them)."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import mlflow
 
 from pipeline import tracking
-from pipeline.config import DataConfig, as_params, parse_cli
+from pipeline.config import DataConfig, as_params
 from pipeline.data import Preparation, prepare_dataset
 from pipeline.data.checks import render_report
 
@@ -74,9 +74,5 @@ def _summary(prep: Preparation) -> str:
     )
 
 
-CONFIG = (DataConfig,)
-
-
-def main(argv: list[str]) -> None:
-    (data,) = parse_cli(argv, *CONFIG)
+def main(data: DataConfig) -> None:
     run(data)

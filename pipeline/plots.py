@@ -1,0 +1,66 @@
+"""Figures of one run: learning curves, confusion matrix, ROC curve, tuning history.
+
+Each function takes plain values and returns a matplotlib Figure; the caller logs or saves it.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen needed; figures are only ever written to files
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(history: list[dict], title: str = "", best_epoch: int | None = None):
+    """Two panels, accuracy and loss, train vs validation, per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label in ((acc_ax, "acc", "accuracy"), (loss_ax, "loss", "loss")):
+        ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[f"val_{metric}"] for h in history], "s-", label="validation")
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept (epoch {best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(matrix: np.ndarray, classes: list[str], title: str = ""):
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), n in np.ndenumerate(matrix):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "ROC curve"):
+    """`curves`: name -> (false positive rates, true positive rates, AUC)."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", label="chance")
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def close(fig) -> None:
+    plt.close(fig)

@@ -1,0 +1,163 @@
+"""The logged model: one MLflow model with two faces.
+
+- PyTorch flavour: `mlflow.pytorch.load_model(uri)` gives the classifier exported with
+  torch.export (pt2): float tensor (N, 1, S, S) of grey values 0..1 in, class logits out.
+- python_function flavour (this module is its loader): a DataFrame column `image` of base64
+  encoded image files in; `label`, `probability` (of the positive class), `p_<class>` and
+  `error` out, one row per image. This is what `mlflow models serve` answers, so a client sends
+  image files as they are; the model decodes, greys and resizes them as `prepare` did.
+  An unreadable image gets its reason in `error`, never fails the request.
+
+Logged through `mlflow.models.Model.log` with this module as the flavor, which is how MLflow
+lets a package define what `save_model` writes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+from PIL import Image
+
+from pipeline.data.cache import resize_square
+from pipeline.data.sources import UnreadableImage, read_image
+from pipeline.data.synthetic import radiograph
+from pipeline.engine import Device, predict_proba
+from pipeline.metrics import positive_index
+
+CONFIG_FILE = "cxr_transfer.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REQUIREMENTS = ("torch", "torchvision", "mlflow", "pillow", "numpy", "pandas", "tqdm", "scikit-learn", "matplotlib")
+
+
+def log_model(model: torch.nn.Module, image_size: int, classes: list[str], name: str = "model"):
+    """Export (pt2, batch dimension dynamic) and log; returns MLflow's ModelInfo."""
+    return mlflow.models.Model.log(
+        artifact_path=None, name=name, flavor=sys.modules[__name__], pytorch_model=model, image_size=image_size, classes=classes
+    )
+
+
+def encode_image(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def save_model(path: str, mlflow_model, pytorch_model: torch.nn.Module, image_size: int, classes: list[str], **kwargs) -> None:
+    # A batch of 2: torch.export turns a batch of 1 into a fixed size, and the model would
+    # then refuse any other batch.
+    example = torch.rand(2, 1, image_size, image_size)
+    tensor_signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, image_size, image_size))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(classes)))]),
+    )
+    mlflow.pytorch.save_model(
+        pytorch_model.cpu().eval(),
+        path,
+        mlflow_model=mlflow_model,
+        signature=tensor_signature,
+        input_example=example.numpy(),
+        pip_requirements=_requirements(),
+        code_paths=[str(PACKAGE_DIR)],
+    )
+    root = Path(path)
+    for cache in root.rglob("__pycache__"):
+        for f in cache.iterdir():
+            f.unlink()
+        cache.rmdir()
+    (root / "data" / CONFIG_FILE).write_text(json.dumps({"image_size": image_size, "classes": classes}))
+    # The python_function face: images in, probabilities out.
+    mlflow_model.flavors["python_function"]["loader_module"] = __name__
+    mlflow_model.signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "image")]),
+        outputs=Schema(
+            [ColSpec("string", "label"), ColSpec("double", "probability")]
+            + [ColSpec("double", f"p_{c}") for c in classes]
+            + [ColSpec("string", "error", required=False)]
+        ),
+        params=ParamSchema([ParamSpec("threshold", "double", 0.5)]),
+    )
+    for stale in ("input_example.json", "serving_input_example.json"):
+        (root / stale).unlink(missing_ok=True)
+    # Synthetic radiographs, not the user's images: a model may be shared where its data may not.
+    pictures = [radiograph(np.random.default_rng(k), image_size, pneumonia=k == 1) for k in range(2)]
+    from mlflow.models.utils import _save_example  # the one way to store a DataFrame example
+
+    _save_example(mlflow_model, pd.DataFrame({"image": [encode_image(p) for p in pictures]}), path)
+    mlflow_model.save(str(root / "MLmodel"))
+
+
+def _requirements() -> list[str]:
+    pins = []
+    for package in REQUIREMENTS:
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(package)
+    return pins
+
+
+class ImageClassifier:
+    """What `mlflow.pyfunc.load_model` returns for our models."""
+
+    def __init__(self, module: torch.nn.Module, image_size: int, classes: list[str]):
+        self.module = module
+        self.image_size = image_size
+        self.classes = classes
+        self.positive = positive_index(classes)
+
+    def predict(self, model_input, params: dict | None = None) -> pd.DataFrame:
+        threshold = float((params or {}).get("threshold", 0.5))
+        images = model_input["image"] if isinstance(model_input, pd.DataFrame) else pd.Series(list(model_input))
+        pixels, errors = [], []
+        for item in images:
+            try:
+                pixels.append(resize_square(read_image(_image_bytes(item))[0], self.image_size))
+                errors.append(None)
+            except UnreadableImage as e:
+                pixels.append(None)
+                errors.append(str(e))
+        good = [p for p in pixels if p is not None]
+        probs = predict_proba(self.module, np.stack(good), 32, Device(torch.device("cpu"))) if good else np.zeros((0, len(self.classes)))
+        rows, k = [], 0
+        for error in errors:
+            if error is not None:
+                rows.append({"label": None, "probability": np.nan, **{f"p_{c}": np.nan for c in self.classes}, "error": error})
+                continue
+            p = probs[k]
+            k += 1
+            if len(self.classes) == 2:
+                label = self.classes[self.positive] if p[self.positive] >= threshold else self.classes[1 - self.positive]
+            else:
+                label = self.classes[int(p.argmax())]
+            rows.append({"label": label, "probability": float(p[self.positive]), **{f"p_{c}": float(v) for c, v in zip(self.classes, p)}, "error": None})
+        return pd.DataFrame(rows, columns=["label", "probability", *[f"p_{c}" for c in self.classes], "error"])
+
+
+def _image_bytes(item) -> bytes:
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    if not isinstance(item, str):
+        raise UnreadableImage(f"expected a base64 string, got {type(item).__name__}")
+    try:
+        return base64.b64decode(item, validate=True)
+    except (binascii.Error, ValueError):
+        raise UnreadableImage("not valid base64") from None
+
+
+def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ImageClassifier:
+    data = Path(data_path)
+    config = json.loads((data / CONFIG_FILE).read_text())
+    module = torch.export.load(str(data / "model.pt2")).module()
+    return ImageClassifier(module, config["image_size"], config["classes"])

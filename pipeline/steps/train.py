@@ -1,0 +1,154 @@
+"""train: train one configuration (backbone x mode), keep the epoch with the best validation loss.
+
+Inputs: the data settings (data_dir, image_size, val_fraction, seed, cache_dir, patient_pattern),
+backbone, frozen, weights, the fit settings (epochs, batch_size, lr, backbone_lr_scale,
+weight_decay, patience, class_weights, augment, device, num_threads), and `resume` (a run id).
+Outputs (run `<backbone>-<mode>-train`): those settings with the resolved `lr`, `data_digest`
+and split sizes as parameters; `train_loss`, `train_acc`, `val_loss`, `val_acc`, `lr`,
+`epoch_time_s` at step = epoch; `train_time_s`, `best_epoch`, `best_val_acc`, `best_val_loss`,
+`feature_extraction_s`; tags `early_stopped`, `epochs_run`; artifacts
+`plots/learning_curves.png`, `checkpoints/last.pt` (after every epoch, for `resume`),
+`checkpoints/best.pt` (the kept weights) and the model `model`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import torch
+
+from pipeline import plots, serving, tracking
+from pipeline.config import STEP_SETTINGS, DataConfig, FitConfig, ModelConfig, ResumeConfig, UserError, as_params, parse_cli
+from pipeline.data import Preparation
+from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, setup_training, train_classifier
+from pipeline.steps.prepare import data_params
+
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
+
+
+@dataclass
+class Trained:
+    run_id: str
+    model_uri: str
+    lr: float
+    reused: bool
+
+
+def resolve_lr(fit: FitConfig, mode: str, tuned: float | None = None) -> float:
+    """An explicit lr wins; `auto` takes the tuned value where tuning ran, else the mode's default."""
+    return fit.lr or tuned or DEFAULT_LR[mode]
+
+
+def log_epoch(stats: EpochStats) -> None:
+    mlflow.log_metrics({name: getattr(stats, name) for name in EPOCH_METRICS}, step=stats.epoch)
+
+
+def epoch_line(stats: EpochStats, epochs: int) -> str:
+    return (
+        f"epoch {stats.epoch}/{epochs}: train loss {stats.train_loss:.4f} acc {stats.train_acc:.3f} | "
+        f"val loss {stats.val_loss:.4f} acc {stats.val_acc:.3f} | lr {stats.lr:.2e} | {stats.epoch_time_s:.1f}s"
+    )
+
+
+def run(
+    data: DataConfig,
+    model_cfg: ModelConfig,
+    fit: FitConfig,
+    *,
+    prep: Preparation | None = None,
+    tuned_lr: float | None = None,
+    reuse: bool = False,
+) -> Trained:
+    setup = setup_training(data, model_cfg, fit, prep)
+    lr = resolve_lr(fit, model_cfg.mode, tuned_lr)
+    params = {**as_params(data, model_cfg, fit), "lr": f"{lr:.6g}"}
+    key = tracking.input_key("train", params, setup.prep.data.digest)
+    if reuse and (previous := tracking.find_reusable("train", key)):
+        return Trained(previous.info.run_id, previous.data.tags["model_uri"], lr, reused=True)
+    with tracking.step_run("train", model_cfg.backbone, model_cfg.mode) as active:
+        mlflow.set_tags({"input_key": key, "settings": json.dumps(params)})
+        tracking.log_params({**params, **data_params(setup.prep), "device": setup.device.type, "weights_key": setup.weights.key})
+        tracking.log_dataset(setup.prep.name, setup.prep.data.source, setup.prep.data.digest, setup.prep.data.split_sizes)
+        model_uri = _train_and_log(setup, lr, checkpoint=None)
+    return Trained(active.info.run_id, model_uri, lr, reused=False)
+
+
+def resume(run_id: str) -> Trained:
+    """Continue a killed or interrupted train run from its last finished epoch, in that run."""
+    previous = tracking.get_run(run_id)
+    if previous.data.tags.get("step") != "train":
+        raise UserError(f"run {run_id} is not a train run; resume takes the id of a train run")
+    if previous.info.status == "FINISHED":
+        raise UserError(f"run {run_id} already finished; nothing to resume")
+    settings = json.loads(previous.data.tags["settings"])
+    argv = [token for key, value in settings.items() if key != "resume" for token in (f"--{key}", value)]
+    data, model_cfg, fit, _ = parse_cli(argv, *STEP_SETTINGS["train"])
+    try:
+        checkpoint_file = tracking.download(run_id, "checkpoints/last.pt")
+    except Exception:
+        raise UserError(f"run {run_id} has no checkpoints/last.pt: it stopped before its first epoch ended; start it again") from None
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+    tracking.retire_pending_run(run_id)
+    setup = setup_training(data, model_cfg, fit)
+    lr = float(settings["lr"])
+    print(f"resuming run {run_id} after epoch {checkpoint['state']['epoch']}")
+    with tracking.step_run("train", model_cfg.backbone, model_cfg.mode, run_id=run_id):
+        mlflow.set_tag("resumed", "true")
+        model_uri = _train_and_log(setup, lr, checkpoint)
+    return Trained(run_id, model_uri, lr, reused=False)
+
+
+def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> str:
+    fit, model_cfg = setup.fit, setup.model
+    model = setup.new_model()
+    features, extraction_s = setup.features(model)
+    if checkpoint is not None:
+        extraction_s += checkpoint["state"]["extraction_time_s"]
+    checkpoint_dir = Path(tempfile.mkdtemp())
+
+    def on_epoch(stats: EpochStats, state: FitState, make_checkpoint) -> None:
+        state.extraction_time_s = extraction_s
+        log_epoch(stats)
+        # Metrics first, then the checkpoint: a resumed run never skips an epoch's numbers.
+        torch.save(make_checkpoint(), checkpoint_dir / "last.pt")
+        tracking.log_file(checkpoint_dir / "last.pt", "checkpoints")
+        print(epoch_line(stats, fit.epochs), flush=True)
+
+    state = train_classifier(
+        model, setup.prep.data, fit, lr, setup.device, setup.data.seed,
+        features=features, on_epoch=on_epoch, checkpoint=checkpoint,
+    )
+    best = state.best
+    mlflow.log_metrics({
+        "train_time_s": extraction_s + state.train_time_s,
+        "feature_extraction_s": extraction_s,
+        "best_epoch": state.best_epoch,
+        "best_val_acc": best.val_acc,
+        "best_val_loss": best.val_loss,
+    })
+    mlflow.set_tags({"early_stopped": str(state.stopped_early).lower(), "epochs_run": str(state.epoch)})
+    history = [vars(h) for h in state.history]
+    figure = plots.learning_curves(history, f"{model_cfg.backbone} ({model_cfg.mode})", state.best_epoch)
+    tracking.log_figure(figure, "plots/learning_curves.png")
+    plots.close(figure)
+    model.cpu()
+    torch.save(model.state_dict(), checkpoint_dir / "best.pt")
+    tracking.log_file(checkpoint_dir / "best.pt", "checkpoints")
+    info = serving.log_model(model, setup.prep.data.image_size, setup.prep.data.classes)
+    mlflow.set_tag("model_uri", info.model_uri)
+    print(
+        f"kept epoch {state.best_epoch} (val acc {best.val_acc:.3f}, val loss {best.val_loss:.4f}); "
+        f"training took {extraction_s + state.train_time_s:.1f}s; model {info.model_uri}"
+    )
+    return info.model_uri
+
+
+def main(data: DataConfig, model_cfg: ModelConfig, fit: FitConfig, resume_cfg: ResumeConfig) -> None:
+    if resume_cfg.resume:
+        resume(resume_cfg.resume)
+    else:
+        run(data, model_cfg, fit)

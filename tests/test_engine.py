@@ -1,0 +1,134 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import engine
+from pipeline.config import DataConfig, FitConfig, ModelConfig
+from pipeline.engine import (
+    FeatureCache,
+    augment,
+    class_weights,
+    feature_scale,
+    fold_scale_into,
+    pick_device,
+    predict_proba,
+    setup_training,
+    train_classifier,
+)
+
+from conftest import make_dataset
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("engine") / "d", {"train": 12, "val": 4, "test": 4}, size=32)
+
+
+def setup(data_dir, tmp_path, frozen=True, **fit):
+    return setup_training(
+        DataConfig(data_dir=str(data_dir), image_size=32, cache_dir=str(tmp_path / "cache")),
+        ModelConfig(backbone="resnet18", frozen=frozen, weights="none"),
+        FitConfig(batch_size=8, device="cpu", **fit),
+    )
+
+
+def fit_once(s, epochs=3, **kwargs):
+    model = s.new_model()
+    features, _ = s.features(model)
+    state = train_classifier(model, s.prep.data, replace(s.fit, epochs=epochs), 1e-3, s.device, s.data.seed, features=features, **kwargs)
+    return model, state
+
+
+def test_augmentation_keeps_shape_and_range_and_follows_the_generator():
+    x = torch.rand(4, 1, 32, 32)
+    a = augment(x, torch.Generator().manual_seed(1))
+    b = augment(x, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_class_weights_are_inverse_frequency():
+    w = class_weights(np.array([0, 0, 0, 1]), 2)
+    assert w.tolist() == pytest.approx([4 / 6, 2.0])
+    assert class_weights(np.array([0, 1]), 2).tolist() == [1.0, 1.0]
+
+
+def test_folding_the_feature_scale_gives_the_same_logits():
+    features = torch.randn(50, 8) * 1e3 + 5
+    mean, std = feature_scale(features)
+    head = torch.nn.Linear(8, 2)
+    expected = head((features - mean) / std)
+    fold_scale_into(head, mean, std)
+    assert torch.allclose(head(features), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_cpu_is_picked_when_nothing_else_is_there():
+    device = pick_device("auto")
+    assert device.type in ("cpu", "cuda", "mps")
+    assert pick_device("cpu").amp_dtype is None and not pick_device("cpu").channels_last
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_same_seed_same_metrics(data_dir, tmp_path, frozen):
+    _, first = fit_once(setup(data_dir, tmp_path, frozen), epochs=2)
+    _, second = fit_once(setup(data_dir, tmp_path, frozen), epochs=2)
+    strip = lambda state: [(h.train_loss, h.train_acc, h.val_loss, h.val_acc, h.lr) for h in state.history]
+    assert strip(first) == strip(second)
+    assert len(first.history) == 2 and first.history[1].lr < first.history[0].lr  # cosine decay
+
+
+def test_frozen_training_leaves_the_backbone_untouched(data_dir, tmp_path):
+    s = setup(data_dir, tmp_path)
+    model = s.new_model()
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    features, _ = s.features(model)
+    train_classifier(model, s.prep.data, replace(s.fit, epochs=2), 1e-2, s.device, 0, features=features)
+    assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
+
+
+def test_features_are_extracted_once_then_read_from_memory_or_disk(data_dir, tmp_path, monkeypatch):
+    s = setup(data_dir, tmp_path)
+    model = s.new_model()
+    features, seconds = s.features(model)
+    assert seconds > 0 and features["train"].shape == (24, 512) and features["test"].shape == (8, 512)
+    monkeypatch.setattr(engine, "extract_features", lambda *a, **k: pytest.fail("extracted again"))
+    assert s.features(model)[1] == 0.0
+    FeatureCache._memory.clear()  # as in a new process
+    again, seconds = s.features(model)
+    assert seconds == 0.0 and torch.equal(again["val"], features["val"])
+
+
+def test_frozen_head_learns_and_the_kept_model_predicts_on_raw_images(data_dir, tmp_path):
+    s = setup(data_dir, tmp_path)
+    model, state = fit_once(s, epochs=4)
+    probs = predict_proba(model, s.prep.data.images("val"), 8, s.device)
+    assert probs.shape == (8, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert state.best_epoch == min(range(1, 5), key=lambda e: state.history[e - 1].val_loss)
+    # the kept epoch's val accuracy is what the folded model scores on the val images
+    assert (probs.argmax(1) == s.prep.data.labels("val")).mean() == pytest.approx(state.best.val_acc)
+
+
+def test_early_stopping_after_patience_epochs_without_a_better_val_loss(data_dir, tmp_path):
+    s = setup(data_dir, tmp_path, patience=1)
+    _, state = fit_once(s, epochs=30)
+    assert state.stopped_early and state.epoch < 30
+    assert state.epoch == state.best_epoch + 1
+
+
+def test_resuming_from_a_checkpoint_continues_exactly(data_dir, tmp_path):
+    s = setup(data_dir, tmp_path, frozen=False, augment=True)
+    _, whole = fit_once(s, epochs=3)
+    saved = {}
+
+    def keep(stats, state, make_checkpoint):
+        if stats.epoch == 2:
+            saved["checkpoint"] = make_checkpoint()
+            raise KeyboardInterrupt  # the run dies here
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_once(s, epochs=3, on_epoch=keep)
+    _, resumed = fit_once(s, epochs=3, checkpoint=saved["checkpoint"])
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    assert [(h.train_loss, h.val_loss) for h in resumed.history] == [(h.train_loss, h.val_loss) for h in whole.history]

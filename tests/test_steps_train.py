@@ -1,0 +1,136 @@
+"""The train step through its real command lines: the metric contract, the model, resume, errors."""
+
+import signal
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import DataConfig, FitConfig, ModelConfig
+from pipeline.models import build_classifier, resolve_weights
+from pipeline.steps import train
+from pipeline.steps.train import EPOCH_METRICS
+
+from conftest import ROOT, error_lines, make_dataset, mlflow_run, pipeline_cli, runs_of
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("train") / "d", {"train": 12, "val": 4, "test": 4}, size=32)
+
+
+def history(run_id, metric):
+    return [(m.step, m.value) for m in sorted(MlflowClient().get_metric_history(run_id, metric), key=lambda m: m.step)]
+
+
+@pytest.mark.parametrize("backbone,frozen,mode", [("efficientnet_b0", "true", "frozen"), ("resnet50", "false", "finetune")])
+def test_mlflow_run_train_records_the_whole_contract(store, data_dir, tmp_path, backbone, frozen, mode):
+    params = {"data_dir": str(data_dir), "image_size": "32", "backbone": backbone, "frozen": frozen,
+              "weights": "none", "epochs": "3", "batch_size": "8", "patience": "0"}
+    result = mlflow_run("train", params)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs_of("train")
+    assert run.info.status == "FINISHED" and run.info.run_name == f"{backbone}-{mode}-train"
+    assert (run.data.tags["backbone"], run.data.tags["mode"]) == (backbone, mode)
+    for metric in EPOCH_METRICS:
+        assert [step for step, _ in history(run.info.run_id, metric)] == [1, 2, 3], metric
+    metrics = run.data.metrics
+    assert metrics["train_time_s"] > 0 and 1 <= metrics["best_epoch"] <= 3
+    best = int(metrics["best_epoch"])
+    assert metrics["best_val_acc"] == dict(history(run.info.run_id, "val_acc"))[best]
+    assert run.data.tags["early_stopped"] == "false" and run.data.tags["epochs_run"] == "3"
+    assert run.data.params["lr_resolved"] == {"frozen": "0.001", "finetune": "0.0001"}[mode]  # lr=auto, as typed
+    assert run.data.params["data_digest"] and run.data.params["n_train"] == "24"
+    artifacts = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / "a"))
+    assert open(f"{artifacts}/plots/learning_curves.png", "rb").read(4) == b"\x89PNG"
+    # The logged model loads and predicts what the kept weights predict.
+    kept = build_classifier(backbone, resolve_weights(backbone, "none", 42), 2, frozen == "true", 42)
+    kept.load_state_dict(torch.load(f"{artifacts}/checkpoints/best.pt", weights_only=True))
+    loaded = mlflow.pytorch.load_model(run.data.tags["model_uri"])
+    x = torch.rand(3, 1, 32, 32)
+    assert torch.allclose(loaded(x), kept.eval()(x), atol=1e-4)
+
+
+def test_second_frozen_run_does_no_extraction(store, data_dir):
+    config = (DataConfig(data_dir=str(data_dir), image_size=32), ModelConfig("resnet18", True, "none"), FitConfig(epochs=2, batch_size=8))
+    first = train.run(*config)
+    second = train.run(*config)
+    m1, m2 = (MlflowClient().get_run(t.run_id).data.metrics for t in (first, second))
+    assert m1["feature_extraction_s"] > 0 and m2["feature_extraction_s"] == 0
+    assert history(first.run_id, "epoch_time_s")[1][1] < m1["feature_extraction_s"]
+
+
+def test_early_stopping_is_said_in_a_tag(store, data_dir):
+    config = (DataConfig(data_dir=str(data_dir), image_size=32), ModelConfig("resnet18", True, "none"), FitConfig(epochs=40, batch_size=8, lr=0.5, patience=1))
+    trained = train.run(*config)
+    run = MlflowClient().get_run(trained.run_id)
+    assert run.data.tags["early_stopped"] == "true"
+    epochs_run = int(run.data.tags["epochs_run"])
+    assert epochs_run < 40 and len(history(trained.run_id, "val_loss")) == epochs_run
+
+
+def start_training(data_dir, epochs):
+    args = [sys.executable, "-m", "pipeline", "train", "--data_dir", str(data_dir), "--image_size", "32", "--backbone", "resnet18",
+            "--frozen", "false", "--weights", "none", "--epochs", str(epochs), "--batch_size", "4", "--patience", "0"]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_line(process, text):
+    for line in process.stdout:
+        if line.startswith(text):
+            return
+    pytest.fail(f"the process ended before printing {text!r}")
+
+
+def test_killed_in_epoch_3_of_5_then_resumed_ends_with_5_epochs_in_one_run(store, data_dir):
+    process = start_training(data_dir, 5)
+    wait_for_line(process, "epoch 2/5")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    (killed,) = runs_of("train")
+    assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to say otherwise
+    assert len(history(killed.info.run_id, "val_loss")) == 2
+    result = mlflow_run("train", {"resume": killed.info.run_id})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming run {killed.info.run_id} after epoch 2" in result.stdout
+    (resumed,) = runs_of("train")
+    (pointer,) = [r for r in runs_of() if r.data.tags.get("resumed_run_id") == killed.info.run_id]
+    assert pointer.info.run_name == f"resume-of-{killed.info.run_id[:8]}" and not pointer.data.metrics
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    for metric in EPOCH_METRICS:
+        assert [step for step, _ in history(resumed.info.run_id, metric)] == [1, 2, 3, 4, 5], metric
+    assert resumed.data.tags["epochs_run"] == "5" and resumed.data.tags["resumed"] == "true"
+
+
+def test_ctrl_c_ends_the_run_killed_keeping_what_it_logged(store, data_dir):
+    process = start_training(data_dir, 50)
+    wait_for_line(process, "epoch 1/50")
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in output
+    (run,) = runs_of("train")
+    assert run.info.status == "KILLED"
+    assert len(history(run.info.run_id, "val_loss")) >= 1
+
+
+@pytest.mark.parametrize(
+    "param,value,message",
+    [("backbone", "resnet5O", "error: backbone must be a torchvision classification model, got 'resnet5O'; choices:"),
+     ("weights", "/missing.pth", "error: weights must be imagenet, none, or the path of a state_dict file; no file at '/missing.pth'")],
+)
+def test_bad_backbone_or_weights_exit_2_with_one_error_line(store, param, value, message):
+    result = pipeline_cli("train", {param: value})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = error_lines(result.stderr)
+    assert line.startswith(message)
+
+
+def test_resume_of_a_finished_or_unknown_run_is_a_user_error(store, data_dir):
+    result = pipeline_cli("train", {"resume": "0123456789abcdef0123456789abcdef"})
+    assert result.returncode == 2 and error_lines(result.stderr)[0].startswith("error: no run with id")
+    finished = train.run(DataConfig(data_dir=str(data_dir), image_size=32), ModelConfig("resnet18", True, "none"), FitConfig(epochs=1, batch_size=8))
+    result = pipeline_cli("train", {"resume": finished.run_id})
+    assert result.returncode == 2 and error_lines(result.stderr) == [f"error: run {finished.run_id} already finished; nothing to resume"]
