@@ -252,6 +252,10 @@ class CompareConfig:
 STEP_SETTINGS: dict[str, tuple[type, ...]] = {
     "prepare": (DataConfig,),
     "train": (DataConfig, ModelConfig, FitConfig, ResumeConfig),
+    "tune": (DataConfig, ModelConfig, FitConfig, TuneConfig, TrialsConfig),
+    "evaluate": (EvaluateConfig,),
+    "main": (DataConfig, ModelConfig, FitConfig, MainConfig, TuneConfig),
+    "predict": (PredictConfig,),
 }
 
 
@@ -281,6 +285,12 @@ def parse_cli(argv: list[str], *groups: type) -> tuple:
         result.append(group(**values))
     _check_together(result)
     return tuple(result)
+
+
+def from_params(params: dict[str, str], *groups: type) -> tuple:
+    """Settings read back from a run's logged parameters; keys of other groups are ignored."""
+    names = {f.name for group in groups for f in fields(group)}
+    return parse_cli([token for key, value in params.items() if key in names for token in (f"--{key}", value)], *groups)
 
 
 def _check_together(groups: list) -> None:

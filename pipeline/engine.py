@@ -23,7 +23,7 @@ from tqdm import tqdm
 from pipeline.config import DataConfig, FitConfig, ModelConfig, UserError
 from pipeline.data import Preparation, PreparedData, prepare_dataset
 from pipeline.data.cache import cache_root
-from pipeline.models import Classifier, Weights, build_classifier, check_input_size, parameter_groups, resolve_weights
+from pipeline.models import Classifier, Weights, build_classifier, check_input_size, init_head, parameter_groups, resolve_weights
 
 DEFAULT_LR = {"frozen": 1e-3, "finetune": 1e-4}
 # Whole splits are moved to the GPU once when they are this small (uint8 bytes).
@@ -402,8 +402,7 @@ class TrainingSetup:
         if self._frozen_model is None:
             self._frozen_model = self._build()
         else:
-            torch.manual_seed(self.data.seed)
-            self._frozen_model.head.reset_parameters()
+            init_head(self._frozen_model.head, self.data.seed)
         return self._frozen_model
 
     def _build(self) -> Classifier:

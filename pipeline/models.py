@@ -131,10 +131,11 @@ def _replace(net: nn.Module, name: str, module: nn.Module) -> None:
     setattr(net.get_submodule(parent_name) if parent_name else net, child, module)
 
 
-def load_into(net: nn.Module, state_dict: dict[str, torch.Tensor], head_name: str) -> list[str]:
+def load_into(net: nn.Module, state_dict: dict[str, torch.Tensor], head_name: str) -> bool:
     """Load a torchvision-format state_dict; head keys whose shape differs are dropped (the new
     head keeps its fresh initialisation). Any other mismatch is an error naming the keys.
-    Checkpoints of a `Classifier` (`backbone.*`, `head.*`) are translated first."""
+    Checkpoints of a `Classifier` (`backbone.*`, `head.*`) are translated first.
+    Returns whether the head's weights were loaded too."""
     if any(k.startswith("backbone.") for k in state_dict):
         state_dict = {
             (k.removeprefix("backbone.") if k.startswith("backbone.") else f"{head_name}.{k.removeprefix('head.')}"): v
@@ -158,7 +159,7 @@ def load_into(net: nn.Module, state_dict: dict[str, torch.Tensor], head_name: st
         ]
         raise UserError(f"the weights do not fit {type(net).__name__}: " + "; ".join(parts))
     net.load_state_dict(kept, strict=False)
-    return dropped
+    return any(k.startswith(head_name + ".") for k in kept)
 
 
 def build_classifier(backbone: str, weights: Weights, num_classes: int, frozen: bool, seed: int) -> Classifier:
@@ -167,11 +168,20 @@ def build_classifier(backbone: str, weights: Weights, num_classes: int, frozen: 
     torch.manual_seed(seed)  # the new head (and, with weights=none, the backbone) start the same every run
     net = torchvision.models.get_model(backbone, weights=None, num_classes=num_classes)
     head_name = _head_name(net)
-    if weights.state_dict is not None:
-        load_into(net, weights.state_dict, head_name)
+    head_loaded = weights.state_dict is not None and load_into(net, weights.state_dict, head_name)
     head = net.get_submodule(head_name)
+    if not head_loaded:
+        init_head(head, seed)
     _replace(net, head_name, nn.Identity())
     return Classifier(net, head, weights.mean, weights.std, frozen)
+
+
+def init_head(head: nn.Linear, seed: int) -> None:
+    """PyTorch's default Linear initialisation, from the seed alone: the same head for every
+    backbone (torchvision's own inits differ: EfficientNet's gives logits of +-14 on
+    standardised features) and for every tuning trial."""
+    torch.manual_seed(seed)
+    head.reset_parameters()
 
 
 def check_input_size(model: Classifier, image_size: int) -> None:

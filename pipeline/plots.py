@@ -64,3 +64,42 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: s
 
 def close(fig) -> None:
     plt.close(fig)
+
+
+def optimisation_history(trials: list[dict]):
+    """Each finished trial's best validation loss by trial number, and the best so far.
+    `trials`: dicts with `number`, `lr`, `value` (None when pruned without one) and `state`."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    done = sorted((t for t in trials if t["value"] is not None), key=lambda t: t["number"])
+    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+        points = [t for t in done if t["state"] == state]
+        ax.plot([t["number"] for t in points], [t["value"] for t in points], marker, linestyle="none", label=state.lower())
+    complete = [t for t in done if t["state"] == "COMPLETE"]
+    if complete:
+        best, running = [], float("inf")
+        for t in complete:
+            running = min(running, t["value"])
+            best.append(running)
+        ax.step([t["number"] for t in complete], best, where="post", color="black", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("validation loss")
+    ax.set_title("optimisation history")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def loss_against_lr(trials: list[dict]):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+        points = [t for t in trials if t["state"] == state and t["value"] is not None]
+        ax.plot([t["lr"] for t in points], [t["value"] for t in points], marker, linestyle="none", label=state.lower())
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("validation loss")
+    ax.set_title("validation loss against learning rate")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    return fig

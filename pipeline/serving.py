@@ -142,7 +142,9 @@ class ImageClassifier:
             else:
                 label = self.classes[int(p.argmax())]
             rows.append({"label": label, "probability": float(p[self.positive]), **{f"p_{c}": float(v) for c, v in zip(self.classes, p)}, "error": None})
-        return pd.DataFrame(rows, columns=["label", "probability", *[f"p_{c}" for c in self.classes], "error"])
+        table = pd.DataFrame(rows, columns=["label", "probability", *[f"p_{c}" for c in self.classes], "error"])
+        # None, not NaN, where there is no value: the scoring server's JSON then says null.
+        return table.astype(object).where(table.notna(), None)
 
 
 def _image_bytes(item) -> bytes:

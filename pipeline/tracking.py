@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import fcntl
 import os
 import shlex
 import tempfile
@@ -47,7 +48,23 @@ def run_name(step: str, backbone: str | None = None, mode: str | None = None) ->
 
 
 def _select_experiment() -> None:
-    """Point the client at the project's experiment, unless `mlflow run` already made our run."""
+    """Point the client at the project's experiment, unless `mlflow run` already made our run.
+
+    The first access to a new SQLite store creates its tables; two workers starting together
+    would race to do so (and fail on "table already exists"), so it happens under a file lock."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return _select_experiment_once()
+    lock = Path(tempfile.gettempdir()) / f"cxr-transfer-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            _select_experiment_once()
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _select_experiment_once() -> None:
     pending = os.environ.get("MLFLOW_RUN_ID")
     if pending:
         experiment.tag_experiment(MlflowClient().get_run(pending).info.experiment_id)
@@ -58,8 +75,16 @@ def _select_experiment() -> None:
 
 
 @contextmanager
-def step_run(step: str, backbone: str | None = None, mode: str | None = None, run_id: str | None = None) -> Iterator[Run]:
-    """The MLflow run of one step, ended FINISHED, FAILED (message in tag `error`) or KILLED.
+def step_run(
+    step: str,
+    backbone: str | None = None,
+    mode: str | None = None,
+    run_id: str | None = None,
+    name: str | None = None,
+    killed_on: tuple[type[BaseException], ...] = (),
+) -> Iterator[Run]:
+    """The MLflow run of one step, ended FINISHED, FAILED (message in tag `error`) or KILLED
+    (Ctrl-C, or one of `killed_on`, such as a pruned trial, with its message in tag `stopped`).
 
     Nested under the active run if there is one (main, compare, tune); under `mlflow run` the
     outermost step adopts the run that `mlflow run` created; `run_id` reopens a given run (resume).
@@ -70,11 +95,15 @@ def step_run(step: str, backbone: str | None = None, mode: str | None = None, ru
     tags = {"step": step}
     if backbone:
         tags.update(backbone=backbone, mode=mode)
-    active = mlflow.start_run(run_id=run_id, run_name=run_name(step, backbone, mode), nested=nested, tags=tags)
+    active = mlflow.start_run(run_id=run_id, run_name=name or run_name(step, backbone, mode), nested=nested, tags=tags)
     try:
         yield active
     except KeyboardInterrupt:
         mlflow.set_tag("error", "interrupted (Ctrl-C)")
+        mlflow.end_run("KILLED")
+        raise
+    except killed_on as e:
+        mlflow.set_tag("stopped", str(e))
         mlflow.end_run("KILLED")
         raise
     except BaseException as e:
@@ -174,3 +203,14 @@ def get_run(run_id: str) -> Run:
 
 def download(run_id: str, artifact_path: str) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tempfile.mkdtemp()))
+
+
+def ui_hint(experiment_id: str) -> str:
+    """How to look at the runs: the UI command for a local store, the address for a server."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"Runs: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    return (
+        f"Open the MLflow UI: mlflow ui --backend-store-uri {uri}\n"
+        f"then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
+    )

@@ -7,7 +7,7 @@ from dataclasses import fields
 
 import yaml
 
-from pipeline.config import STEP_SETTINGS
+from pipeline.config import STEP_SETTINGS, as_params
 
 from conftest import ROOT
 
@@ -39,3 +39,14 @@ def test_conda_env_installs_what_pyproject_declares():
     assert "python=3.11" in conda["dependencies"]
     (pip_section,) = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]
     assert pip_section == declared
+
+
+def test_readme_documents_every_parameter_with_its_default():
+    readme = (ROOT / "README.md").read_text()
+    for groups in STEP_SETTINGS.values():
+        for group in groups:
+            defaults = as_params(group())
+            for f in fields(group):
+                shown = "Kaggle names (see above)" if f.name == "patient_pattern" else f"`{defaults[f.name] or chr(34) * 2}`"
+                assert f"| `{f.name}` | {shown} |" in readme, f.name
+    assert "--env-manager local -P weights=none" in readme  # the Quick start's first command

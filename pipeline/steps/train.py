@@ -22,7 +22,7 @@ import mlflow
 import torch
 
 from pipeline import plots, serving, tracking
-from pipeline.config import STEP_SETTINGS, DataConfig, FitConfig, ModelConfig, ResumeConfig, UserError, as_params, parse_cli
+from pipeline.config import DataConfig, FitConfig, ModelConfig, ResumeConfig, UserError, as_params, from_params
 from pipeline.data import Preparation
 from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, setup_training, train_classifier
 from pipeline.steps.prepare import data_params
@@ -85,8 +85,7 @@ def resume(run_id: str) -> Trained:
     if previous.info.status == "FINISHED":
         raise UserError(f"run {run_id} already finished; nothing to resume")
     settings = json.loads(previous.data.tags["settings"])
-    argv = [token for key, value in settings.items() if key != "resume" for token in (f"--{key}", value)]
-    data, model_cfg, fit, _ = parse_cli(argv, *STEP_SETTINGS["train"])
+    data, model_cfg, fit = from_params(settings, DataConfig, ModelConfig, FitConfig)
     try:
         checkpoint_file = tracking.download(run_id, "checkpoints/last.pt")
     except Exception:

@@ -1,0 +1,147 @@
+"""evaluate: score the kept model of a train run on train, val and test (no augmentation).
+
+Inputs: `model_uri` (models:/..., runs:/.../model) or `train_run_id`; the data are those the
+train run used, read back from the cache.
+Outputs (run `<backbone>-<mode>-evaluate`): `train_acc`, `val_acc`, `test_acc`, `test_loss`,
+`test_auc`, `test_f1`, `test_precision`, `test_sensitivity`, `test_specificity` (positive class
+PNEUMONIA, threshold 0.5); `val_threshold`, the threshold that maximises sensitivity +
+specificity on the validation set (Youden's J), and `test_sensitivity_at_val_threshold`,
+`test_specificity_at_val_threshold`, `test_acc_at_val_threshold`; artifacts
+`plots/confusion_matrix.png`, `plots/roc_curve.png`, `predictions/test.csv` and `val.csv`
+(file, true label, probability, predicted label).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, roc_curve
+
+from pipeline import plots, tracking
+from pipeline.config import DataConfig, EvaluateConfig, UserError, from_params
+from pipeline.data import prepare_dataset
+from pipeline.engine import Device, pick_device, predict_proba
+from pipeline.metrics import binary_scores, log_loss, positive_index, youden_threshold
+from pipeline.steps.prepare import data_params
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Evaluated:
+    run_id: str
+    metrics: dict[str, float]
+    reused: bool
+
+
+def train_run_of(config: EvaluateConfig):
+    """The train run behind the model, and the model's URI."""
+    if bool(config.model_uri) == bool(config.train_run_id):
+        raise UserError("evaluate needs exactly one of model_uri and train_run_id")
+    if config.train_run_id:
+        run = tracking.get_run(config.train_run_id)
+        if "model_uri" not in run.data.tags:
+            raise UserError(f"run {config.train_run_id} has no model: is it a finished train run?")
+        return run, run.data.tags["model_uri"]
+    try:
+        source = mlflow.models.get_model_info(config.model_uri).run_id
+    except Exception as e:
+        raise UserError(f"cannot find model {config.model_uri!r}: {str(e).splitlines()[0]}") from None
+    return tracking.get_run(source), config.model_uri
+
+
+def load_model(model_uri: str, device: Device) -> tuple[torch.nn.Module, Device]:
+    model = mlflow.pytorch.load_model(model_uri)
+    try:
+        return model.to(device.torch_device), device
+    except Exception:  # an exported program that will not move: score it where it was exported
+        return model, Device(torch.device("cpu"))
+
+
+def score(y_index: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float = 0.5) -> dict[str, float]:
+    pos = positive_index(classes)
+    return binary_scores((y_index == pos).astype(int), probs[:, pos], threshold)
+
+
+def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
+    train_run, model_uri = train_run_of(config)
+    settings = json.loads(train_run.data.tags["settings"])
+    (data_cfg,) = from_params(settings, DataConfig)
+    prep = prepare_dataset(data_cfg)
+    if prep.data.digest != train_run.data.params["data_digest"]:
+        raise UserError(
+            f"the data at {prep.data.source} changed since train run {train_run.info.run_id} "
+            f"(digest {prep.data.digest}, trained on {train_run.data.params['data_digest']}); evaluate on the data it was trained on"
+        )
+    backbone, mode = train_run.data.tags.get("backbone"), train_run.data.tags.get("mode")
+    params = {"model_uri": model_uri, "train_run_id": train_run.info.run_id}
+    key = tracking.input_key("evaluate", params, prep.data.digest)
+    if reuse and (previous := tracking.find_reusable("evaluate", key)):
+        return Evaluated(previous.info.run_id, previous.data.metrics, reused=True)
+    with tracking.step_run("evaluate", backbone, mode) as active:
+        mlflow.set_tag("input_key", key)
+        tracking.log_params({**params, **data_params(prep)})
+        tracking.log_dataset(prep.name, prep.data.source, prep.data.digest, prep.data.split_sizes)
+        model, device = load_model(model_uri, pick_device(settings.get("device", "auto")))
+        classes, data = prep.data.classes, prep.data
+        probs = {s: predict_proba(model, data.images(s), 64, device) for s in SPLITS}
+        labels = {s: data.labels(s) for s in SPLITS}
+        scores = {s: score(labels[s], probs[s], classes) for s in SPLITS}
+        threshold = youden_threshold((labels["val"] == positive_index(classes)).astype(int), probs["val"][:, positive_index(classes)])
+        at_val = score(labels["test"], probs["test"], classes, threshold)
+        metrics = {
+            "train_acc": scores["train"]["acc"],
+            "val_acc": scores["val"]["acc"],
+            "val_auc": scores["val"]["auc"],
+            "test_loss": log_loss(labels["test"], probs["test"]),
+            **{f"test_{k}": scores["test"][k] for k in ("acc", "auc", "f1", "precision", "sensitivity", "specificity")},
+            "val_threshold": threshold,
+            **{f"test_{k}_at_val_threshold": at_val[k] for k in ("acc", "sensitivity", "specificity")},
+        }
+        mlflow.log_metrics(metrics)
+        _log_figures(labels, probs, classes, threshold, f"{backbone} ({mode})")
+        for split in ("val", "test"):
+            tracking.log_text(_predictions_csv(data.files(split), labels[split], probs[split], classes, threshold), f"predictions/{split}.csv")
+    print(
+        f"test acc {metrics['test_acc']:.3f}, AUC {metrics['test_auc']:.3f}, sensitivity {metrics['test_sensitivity']:.3f}, "
+        f"specificity {metrics['test_specificity']:.3f} (at the validation threshold {threshold:.3f}: "
+        f"{metrics['test_sensitivity_at_val_threshold']:.3f} / {metrics['test_specificity_at_val_threshold']:.3f})"
+    )
+    return Evaluated(active.info.run_id, metrics, reused=False)
+
+
+def _log_figures(labels, probs, classes, threshold, title) -> None:
+    pos = positive_index(classes)
+    matrix = confusion_matrix(labels["test"], probs["test"].argmax(1), labels=list(range(len(classes))))
+    figure = plots.confusion_matrix(matrix, classes, f"test set, {title}")
+    tracking.log_figure(figure, "plots/confusion_matrix.png")
+    plots.close(figure)
+    curves = {}
+    for split in ("val", "test"):
+        fpr, tpr, _ = roc_curve(labels[split] == pos, probs[split][:, pos])
+        curves[split] = (fpr, tpr, score(labels[split], probs[split], classes)["auc"])
+    figure = plots.roc_curves(curves, f"ROC, {title}; validation threshold {threshold:.3f}")
+    tracking.log_figure(figure, "plots/roc_curve.png")
+    plots.close(figure)
+
+
+def _predictions_csv(files: list[str], labels: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float) -> str:
+    pos = positive_index(classes)
+    other = 1 - pos if len(classes) == 2 else None
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["file", "true_label", "probability", "predicted_label", "predicted_label_at_val_threshold"])
+    for file, y, p in zip(files, labels, probs):
+        at_threshold = classes[pos] if p[pos] >= threshold else classes[other if other is not None else int(p.argmax())]
+        writer.writerow([file, classes[y], f"{p[pos]:.6f}", classes[int(p.argmax())], at_threshold])
+    return out.getvalue()
+
+
+def main(config: EvaluateConfig) -> None:
+    run(config)

@@ -1,0 +1,84 @@
+"""main: one configuration end to end, as child runs of one parent run.
+
+Inputs: the data, model and fit settings of `train`, and `tune_trials` (Optuna trials before
+training when `lr=auto`; 0 skips tuning).
+Children, in order: `prepare`, `tune` (when it runs), `train`, `evaluate`; each is passed what
+the one before made (the prepared data, the tuned lr, the model URI). A child whose finished
+run with identical inputs (parameters, data digest, code version) is already in the store is
+reused, not run again.
+Outputs (run `<backbone>-<mode>-main`): the settings as parameters; tags `<step>_run_id` for
+every child and `reused_steps`; the headline metrics (`test_acc`, `test_auc`, `val_acc`,
+`train_time_s`) copied from the children; a printed summary with the command that opens the
+MLflow UI on this store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mlflow
+
+from pipeline import tracking
+from pipeline.config import DataConfig, EvaluateConfig, FitConfig, MainConfig, ModelConfig, TuneConfig, as_params
+from pipeline.steps import evaluate, prepare, train, tune
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    run_ids: dict[str, str] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    lr: float = 0.0
+
+
+def run_configuration(data: DataConfig, model: ModelConfig, fit: FitConfig, tune_trials: int, tune_cfg: TuneConfig = TuneConfig()) -> Outcome:
+    """The children of one configuration, in the active (parent) run; shared with `compare`."""
+    outcome = Outcome(run_id=mlflow.active_run().info.run_id)
+
+    def record(step: str, run_id: str, reused: bool) -> None:
+        outcome.run_ids[step] = run_id
+        if reused:
+            outcome.reused.append(step)
+        print(f"{step:<9} run {run_id}{' (reused: a finished run had the same inputs)' if reused else ''}", flush=True)
+
+    prepared = prepare.run(data, model.backbone, model.mode, reuse=True)
+    record("prepare", prepared.run_id, prepared.reused)
+    tuned_lr = None
+    if fit.lr is None and tune_trials > 0:
+        tuned = tune.run(data, model, fit, tune_cfg, tune_trials, prep=prepared.preparation, reuse=True)
+        record("tune", tuned.run_id, tuned.reused)
+        tuned_lr = tuned.best_lr
+    trained = train.run(data, model, fit, prep=prepared.preparation, tuned_lr=tuned_lr, reuse=True)
+    record("train", trained.run_id, trained.reused)
+    evaluated = evaluate.run(EvaluateConfig(model_uri=trained.model_uri), reuse=True)
+    record("evaluate", evaluated.run_id, evaluated.reused)
+    train_metrics = tracking.get_run(trained.run_id).data.metrics
+    outcome.lr = trained.lr
+    outcome.metrics = {
+        **{k: evaluated.metrics[k] for k in ("test_acc", "test_auc", "val_acc", "test_sensitivity", "test_specificity")},
+        "train_time_s": train_metrics["train_time_s"],
+    }
+    mlflow.set_tags({f"{step}_run_id": run_id for step, run_id in outcome.run_ids.items()})
+    mlflow.set_tag("reused_steps", ",".join(outcome.reused) or "none")
+    mlflow.log_metrics(outcome.metrics)
+    return outcome
+
+
+def run(data: DataConfig, model: ModelConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneConfig = TuneConfig()) -> Outcome:
+    with tracking.step_run("main", model.backbone, model.mode) as parent:
+        tracking.log_params(as_params(data, model, fit, main_cfg, tune_cfg))
+        outcome = run_configuration(data, model, fit, main_cfg.tune_trials, tune_cfg)
+    m = outcome.metrics
+    print(
+        f"\n{model.backbone} ({model.mode}), lr {outcome.lr:.3g}: test accuracy {m['test_acc']:.3f}, AUC {m['test_auc']:.3f}, "
+        f"sensitivity {m['test_sensitivity']:.3f}, specificity {m['test_specificity']:.3f}; "
+        f"training time {m['train_time_s']:.1f} s"
+    )
+    print(f"parent run {outcome.run_id}; reused: {', '.join(outcome.reused) or 'nothing'}")
+    print(tracking.ui_hint(parent.info.experiment_id))
+    return outcome
+
+
+def main(data: DataConfig, model: ModelConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneConfig) -> None:
+    run(data, model, fit, main_cfg, tune_cfg)

@@ -1,0 +1,158 @@
+"""tune: Optuna search of the learning rate for one configuration; each trial a nested run.
+
+Inputs: the data, model and fit settings of `train` (`epochs` is each trial's budget), `n_trials`
+(trials this run adds), `storage` (Optuna RDB URL; '' = SQLite beside the tracking store),
+`study_name` ('' = `<backbone>-<mode>-<digest8>`), `lr_range` (auto = 1e-4..1e-1 frozen,
+1e-5..1e-2 fine-tune, searched log-uniformly) and `pruner` (median, hyperband, none).
+Outputs (run `<backbone>-<mode>-tune`): `best_lr`, `best_val_loss`, `n_trials_complete`,
+`n_trials_pruned`, `n_trials_failed` (of the whole study, which reruns and other workers add to)
+and `n_trials_run` (this run's); tags `study_name` and `storage` (password masked) as resolved;
+`plots/optimization_history.png`, `plots/val_loss_vs_lr.png`. Each trial is a nested run
+`<backbone>-<mode>-tune-trial-<n>` with its `lr` and the per-epoch metrics, ended FINISHED,
+KILLED (pruned) or FAILED (with the error in tag `error`).
+
+Frozen mode extracts the backbone's features once for the whole study; every trial trains
+only a new head on them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlflow
+import optuna
+
+from pipeline import plots, tracking, tuning
+from pipeline.config import DataConfig, FitConfig, ModelConfig, TrialsConfig, TuneConfig, as_params
+from pipeline.data import Preparation
+from pipeline.engine import EpochStats, TrainingSetup, setup_training, train_classifier
+from pipeline.steps.prepare import data_params
+from pipeline.steps.train import log_epoch
+
+# What a trial may raise without stopping the study: numerical trouble, a bad batch... The
+# trial is FAILED with the message; a user's mistake (UserError) still stops everything.
+TRIAL_ERRORS = (RuntimeError, ValueError, FloatingPointError, ArithmeticError)
+
+
+@dataclass
+class Tuned:
+    run_id: str
+    best_lr: float
+    reused: bool
+
+
+def run(
+    data: DataConfig,
+    model: ModelConfig,
+    fit: FitConfig,
+    tune_cfg: TuneConfig,
+    n_trials: int,
+    *,
+    prep: Preparation | None = None,
+    reuse: bool = False,
+) -> Tuned:
+    setup = setup_training(data, model, fit, prep)
+    digest = setup.prep.data.digest
+    name = tune_cfg.study_name or tuning.default_study_name(model.backbone, model.mode, digest)
+    url = tune_cfg.storage or tuning.default_storage(mlflow.get_tracking_uri())
+    lr_range = tune_cfg.lr_range or tuning.DEFAULT_LR_RANGE[model.mode]
+    params = {**as_params(data, model, fit, tune_cfg), "n_trials": str(n_trials), "storage": tuning.safe_url(tune_cfg.storage)}
+    key = tracking.input_key("tune", {**params, "study_name": name, "storage": tuning.safe_url(url)}, digest)
+    if reuse and (previous := tracking.find_reusable("tune", key)):
+        return Tuned(previous.info.run_id, previous.data.metrics["best_lr"], reused=True)
+    # What makes trials comparable; not where files are (workers on other machines mount data
+    # and weights elsewhere), which the data digest and the weights key stand for.
+    trial_settings = {k: v for k, v in as_params(model, fit).items() if k not in ("lr", "device", "num_threads", "weights")}
+    trial_settings.update(weights=setup.weights.key, image_size=str(data.image_size), seed=str(data.seed), data_digest=digest)
+    study = tuning.open_study(
+        name, url, seed=data.seed, pruner_kind=tune_cfg.pruner, epochs=fit.epochs, lr_range=lr_range,
+        settings=trial_settings, n_trials=n_trials,
+    )
+    with tracking.step_run("tune", model.backbone, model.mode) as active:
+        # The resolved study and storage are tags: under `mlflow run` the parameters keep what was typed ('').
+        mlflow.set_tags({"input_key": key, "worker": tuning.worker_label(), "study_name": name, "storage": tuning.safe_url(url)})
+        tracking.log_params({**params, **data_params(setup.prep)})
+        tracking.log_dataset(setup.prep.name, setup.prep.data.source, digest, setup.prep.data.split_sizes)
+        objective = Objective(setup, lr_range)
+        print(f"study {name} in {tuning.safe_url(url)}: {n_trials} trials of up to {fit.epochs} epochs", flush=True)
+        study.optimize(objective, n_trials=n_trials, catch=TRIAL_ERRORS)
+        summary = tuning.summarise(study)
+        mlflow.log_metrics({
+            "best_lr": summary.best_lr,
+            "best_val_loss": summary.best_val_loss,
+            "n_trials_complete": summary.n_complete,
+            "n_trials_pruned": summary.n_pruned,
+            "n_trials_failed": summary.n_failed,
+            "n_trials_run": objective.trials_run,
+            "feature_extraction_s": objective.extraction_s,
+        })
+        _log_figures(study)
+    print(
+        f"best lr {summary.best_lr:.3g} (val loss {summary.best_val_loss:.4f}); study {name}: "
+        f"{summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed"
+    )
+    return Tuned(active.info.run_id, summary.best_lr, reused=False)
+
+
+class Objective:
+    """One trial: a fresh model (a fresh head, in frozen mode) trained at the suggested lr, in a
+    nested run; reports each epoch's validation loss so the pruner can stop it."""
+
+    def __init__(self, setup: TrainingSetup, lr_range: tuple[float, float]):
+        self.setup = setup
+        self.lr_range = lr_range
+        self.trials_run = 0
+        self.extraction_s = 0.0
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        s = self.setup
+        lr = trial.suggest_float("lr", *self.lr_range, log=True)
+        self.trials_run += 1
+        name = f"{tracking.run_name('tune', s.model.backbone, s.model.mode)}-trial-{trial.number}"
+        try:
+            with tracking.step_run("tune", s.model.backbone, s.model.mode, name=name, killed_on=(optuna.TrialPruned,)):
+                mlflow.set_tags({"trial": str(trial.number), "study_name": trial.study.study_name})
+                mlflow.log_params({"lr": f"{lr:.6g}", "trial": str(trial.number)})
+                model = s.new_model()
+                features, seconds = s.features(model)
+                self.extraction_s += seconds
+
+                def on_epoch(stats: EpochStats, state, make_checkpoint) -> None:
+                    log_epoch(stats)
+                    trial.report(stats.val_loss, stats.epoch)
+
+                def should_stop(stats: EpochStats) -> bool:
+                    if not math.isfinite(stats.val_loss):  # diverged: no later epoch will mend it
+                        raise optuna.TrialPruned(f"validation loss is {stats.val_loss} at epoch {stats.epoch}")
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
+                    return False
+
+                state = train_classifier(model, s.prep.data, s.fit, lr, s.device, s.data.seed, features=features, on_epoch=on_epoch, should_stop=should_stop)
+                mlflow.log_metrics({"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch})
+        except optuna.TrialPruned as e:
+            print(f"trial {trial.number}: lr {lr:.3g} -> {e}", flush=True)
+            raise
+        except TRIAL_ERRORS as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
+            print(f"trial {trial.number}: lr {lr:.3g} -> failed: {trial.user_attrs['error']}", flush=True)
+            raise
+        print(f"trial {trial.number}: lr {lr:.3g} -> val loss {state.best_val_loss:.4f}", flush=True)
+        return state.best_val_loss
+
+
+def _log_figures(study: optuna.Study) -> None:
+    trials = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
+        value = t.value if t.value is not None else min(t.intermediate_values.values(), default=None)
+        if value is not None and not math.isfinite(value):
+            value = None
+        trials.append({"number": t.number, "lr": t.params["lr"], "value": value, "state": t.state.name})
+    for figure, path in ((plots.optimisation_history(trials), "plots/optimization_history.png"), (plots.loss_against_lr(trials), "plots/val_loss_vs_lr.png")):
+        tracking.log_figure(figure, path)
+        plots.close(figure)
+
+
+def main(data: DataConfig, model: ModelConfig, fit: FitConfig, tune_cfg: TuneConfig, trials: TrialsConfig) -> None:
+    run(data, model, fit, tune_cfg, trials.n_trials)

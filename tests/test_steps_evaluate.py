@@ -1,0 +1,96 @@
+"""evaluate on a model whose predictions the test fixes: every number checked against scikit-learn."""
+
+import csv
+import json
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics as skm
+
+from pipeline import serving, tracking
+from pipeline.config import DataConfig, EvaluateConfig, UserError, as_params
+from pipeline.data import prepare_dataset
+from pipeline.steps import evaluate
+
+from conftest import make_dataset
+
+
+class BrightnessModel(torch.nn.Module):
+    """P(PNEUMONIA) = sigmoid(20 * (mean grey - 0.45)): known for every image."""
+
+    def forward(self, x):
+        z = 20 * (x.mean(dim=(1, 2, 3)) - 0.45)
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def p_pneumonia(images: np.ndarray) -> np.ndarray:
+    z = 20 * (images.astype(np.float32).mean(axis=(1, 2)) / 255.0 - 0.45)
+    return 1 / (1 + np.exp(-z))
+
+
+@pytest.fixture
+def fixed_train_run(store, tmp_path):
+    """A finished train run holding BrightnessModel, as the train step would leave it."""
+    data_cfg = DataConfig(data_dir=str(make_dataset(tmp_path / "d", {"train": 6, "val": 10, "test": 12}, size=32)), image_size=32)
+    prep = prepare_dataset(data_cfg)
+    with tracking.step_run("train", "resnet18", "frozen") as run:
+        mlflow.set_tag("settings", json.dumps(as_params(data_cfg)))
+        mlflow.log_params({"data_digest": prep.data.digest})
+        info = serving.log_model(BrightnessModel(), 32, prep.data.classes)
+        mlflow.set_tag("model_uri", info.model_uri)
+    return run.info.run_id, info.model_uri, prep.data
+
+
+def test_metrics_match_scikit_learn(fixed_train_run, tmp_path):
+    run_id, model_uri, data = fixed_train_run
+    result = evaluate.run(EvaluateConfig(train_run_id=run_id))
+    logged = mlflow.get_run(result.run_id).data.metrics
+    y = {s: data.labels(s) for s in ("train", "val", "test")}  # 1 = PNEUMONIA
+    p = {s: p_pneumonia(data.images(s)) for s in y}
+    pred = {s: (p[s] >= 0.5).astype(int) for s in y}
+    tn, fp, fn, tp = skm.confusion_matrix(y["test"], pred["test"]).ravel()
+    expected = {
+        "train_acc": skm.accuracy_score(y["train"], pred["train"]),
+        "val_acc": skm.accuracy_score(y["val"], pred["val"]),
+        "test_acc": skm.accuracy_score(y["test"], pred["test"]),
+        "test_auc": skm.roc_auc_score(y["test"], p["test"]),
+        "test_f1": skm.f1_score(y["test"], pred["test"]),
+        "test_precision": skm.precision_score(y["test"], pred["test"]),
+        "test_sensitivity": tp / (tp + fn),
+        "test_specificity": tn / (tn + fp),
+        "test_loss": skm.log_loss(y["test"], np.stack([1 - p["test"], p["test"]], 1)),
+    }
+    for name, value in expected.items():
+        assert logged[name] == pytest.approx(value, abs=1e-4), name
+    assert 0 < expected["test_acc"] < 1  # the fixture's model is neither perfect nor useless
+    # The threshold is chosen on validation (Youden's J) and applied to test.
+    fpr, tpr, thresholds = skm.roc_curve(y["val"], p["val"])
+    threshold = thresholds[np.argmax(tpr - fpr)]
+    assert logged["val_threshold"] == pytest.approx(threshold, abs=1e-4)
+    at = (p["test"] >= logged["val_threshold"]).astype(int)
+    assert logged["test_sensitivity_at_val_threshold"] == pytest.approx(skm.recall_score(y["test"], at), abs=1e-6)
+    assert logged["test_specificity_at_val_threshold"] == pytest.approx(skm.recall_score(1 - y["test"], 1 - at), abs=1e-6)
+    run = mlflow.get_run(result.run_id)
+    assert run.info.run_name == "resnet18-frozen-evaluate" and run.data.tags["step"] == "evaluate"
+    files = mlflow.artifacts.download_artifacts(run_id=result.run_id, dst_path=str(tmp_path / "a"))
+    for plot in ("confusion_matrix", "roc_curve"):
+        assert open(f"{files}/plots/{plot}.png", "rb").read(4) == b"\x89PNG"
+    rows = list(csv.DictReader(open(f"{files}/predictions/test.csv")))
+    assert len(rows) == 24 and set(rows[0]) >= {"file", "true_label", "probability", "predicted_label"}
+    assert [float(r["probability"]) for r in rows] == pytest.approx(p["test"].tolist(), abs=1e-5)
+    assert [r["true_label"] for r in rows] == [data.classes[k] for k in y["test"]]
+
+
+def test_model_uri_alone_finds_its_train_run_and_data(fixed_train_run):
+    run_id, model_uri, _ = fixed_train_run
+    by_uri = evaluate.run(EvaluateConfig(model_uri=model_uri))
+    assert mlflow.get_run(by_uri.run_id).data.params["train_run_id"] == run_id
+
+
+def test_needs_exactly_one_source_and_a_real_model(store):
+    with pytest.raises(UserError, match="exactly one"):
+        evaluate.run(EvaluateConfig())
+    with pytest.raises(UserError, match="cannot find model"):
+        evaluate.run(EvaluateConfig(model_uri="models:/m-doesnotexist"))

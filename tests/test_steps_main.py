@@ -1,0 +1,69 @@
+"""main through the real `mlflow run` command: the run tree, the metric contract, reuse."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.steps.train import EPOCH_METRICS
+
+from conftest import make_dataset, mlflow_run, runs_of
+
+EVALUATE_METRICS = ("train_acc", "val_acc", "test_acc", "test_loss", "test_auc", "test_f1", "test_precision", "test_sensitivity", "test_specificity")
+
+
+@pytest.fixture
+def main_params(tmp_path):
+    data = make_dataset(tmp_path / "tiny", {"train": 12, "val": 6, "test": 6}, size=32)
+    return {"data_dir": str(data), "image_size": "32", "weights": "none", "backbone": "resnet18", "epochs": "3", "tune_trials": "3", "batch_size": "8"}
+
+
+def children(parent_id):
+    return [r for r in runs_of() if r.data.tags.get("mlflow.parentRunId") == parent_id]
+
+
+def test_main_runs_prepare_tune_train_evaluate_as_children_and_reuses_them(store, main_params):
+    first = mlflow_run("main", main_params)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (parent,) = runs_of("main")
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "resnet18-frozen-main"
+    kids = {r.data.tags["step"]: r for r in children(parent.info.run_id)}
+    assert set(kids) == {"prepare", "tune", "train", "evaluate"}
+    assert all(r.info.status == "FINISHED" for r in kids.values())
+    assert {r.info.run_name for r in kids.values()} == {f"resnet18-frozen-{s}" for s in kids}
+    assert all((r.data.tags["backbone"], r.data.tags["mode"]) == ("resnet18", "frozen") for r in kids.values())
+    # The contract of DESIGN.md, child by child.
+    client = MlflowClient()
+    train, tune, evaluate = kids["train"], kids["tune"], kids["evaluate"]
+    for metric in EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(train.info.run_id, metric)] == [1, 2, 3]
+    assert {"train_time_s", "best_epoch", "best_val_acc"} <= set(train.data.metrics)
+    assert set(EVALUATE_METRICS) <= set(evaluate.data.metrics)
+    assert {"best_lr", "best_val_loss", "n_trials_complete", "n_trials_pruned"} <= set(tune.data.metrics)
+    trials = children(tune.info.run_id)
+    assert len(trials) == 3 and all(t.data.tags["step"] == "tune" for t in trials)
+    # lr=auto: the train run trains with the tuned rate.
+    assert float(train.data.params["lr"]) == pytest.approx(tune.data.metrics["best_lr"], rel=1e-5)
+    assert evaluate.data.params["model_uri"] == train.data.tags["model_uri"]
+    assert {"data/manifest.csv", "data/data_report.md", "data/data_report.json"} <= {
+        f.path for f in client.list_artifacts(kids["prepare"].info.run_id, "data")
+    }
+    assert parent.data.tags["reused_steps"] == "none"
+    assert parent.data.metrics["test_acc"] == evaluate.data.metrics["test_acc"]
+    assert "test accuracy" in first.stdout and "mlflow ui --backend-store-uri" in first.stdout
+    assert f"#/experiments/{parent.info.experiment_id}/runs" in first.stdout
+
+    second = mlflow_run("main", main_params)
+    assert second.returncode == 0, second.stderr[-3000:]
+    newest = max(runs_of("main"), key=lambda r: r.info.start_time)
+    assert newest.data.tags["reused_steps"] == "prepare,tune,train,evaluate"
+    assert not children(newest.info.run_id)
+    assert newest.data.tags["train_run_id"] == train.info.run_id
+    assert len(runs_of("train")) == 1 and "reused" in second.stdout
+
+
+def test_explicit_lr_skips_tuning(store, main_params):
+    result = mlflow_run("main", {**main_params, "lr": "0.003", "epochs": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,) = runs_of("main")
+    steps = {r.data.tags["step"]: r for r in children(parent.info.run_id)}
+    assert set(steps) == {"prepare", "train", "evaluate"}
+    assert steps["train"].data.params["lr"] == "0.003"
