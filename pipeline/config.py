@@ -15,6 +15,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 
 class UserError(Exception):
@@ -129,6 +130,22 @@ def patient_pattern(name: str, value: str) -> str:
     return value
 
 
+def storage_url(name: str, value: str) -> str:
+    """An Optuna storage URL without a password: parameters are logged, so a password in one
+    would be stored in the tracking server for anyone to read."""
+    try:
+        has_password = bool(urlsplit(value).password)
+    except ValueError:
+        has_password = False
+    if has_password:
+        raise UserError(
+            f"{name} must not contain a password (parameters are logged in MLflow); give e.g. "
+            "postgresql://user@host/optuna and set PGPASSWORD or use ~/.pgpass. If `mlflow run` started this, "
+            "its run already recorded the value: delete that run, then purge it with `mlflow gc`"
+        )
+    return value
+
+
 def backbone_name(name: str, value: str) -> str:
     from pipeline.models import available_backbones  # torchvision is imported only when asked
 
@@ -205,7 +222,7 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    storage: str = option("", text, "Optuna storage URL ('' = SQLite file beside the tracking store)")
+    storage: str = option("", storage_url, "Optuna storage URL, no password ('' = SQLite file beside the tracking store)")
     study_name: str = option("", text, "'' = <backbone>-<mode>-<digest8>")
     lr_range: tuple[float, float] | None = option(None, lr_range, "LOW,HIGH searched log-uniformly, or auto")
     pruner: str = option("median", choice("median", "hyperband", "none"), "how hopeless trials are stopped early")
@@ -244,6 +261,8 @@ class PredictConfig:
 class CompareConfig:
     backbones: tuple[str, ...] = option(("resnet50", "efficientnet_b0"), name_list, "comma-separated backbones")
     modes: tuple[str, ...] = option(("finetune", "frozen"), name_list, "comma-separated modes: frozen, finetune")
+    weights: str = option("imagenet", weights_spec, "imagenet, none, or a state_dict path (every configuration)")
+    report_for: str = option("", text, "run id of an earlier compare run: rebuild its report from the store, train nothing")
 
 
 # -- the command line ---------------------------------------------------------------------------
@@ -256,6 +275,7 @@ STEP_SETTINGS: dict[str, tuple[type, ...]] = {
     "evaluate": (EvaluateConfig,),
     "main": (DataConfig, ModelConfig, FitConfig, MainConfig, TuneConfig),
     "predict": (PredictConfig,),
+    "compare": (DataConfig, FitConfig, MainConfig, TuneConfig, CompareConfig),
 }
 
 

@@ -122,36 +122,45 @@ def extract_features(model: Classifier, images: np.ndarray, batch_size: int, dev
     return torch.cat(out) if out else torch.zeros(0)
 
 
+@dataclass
+class Features:
+    """Backbone features of every split, what extracting them cost, and whether this process
+    extracted them now or found them cached (in memory or on disk)."""
+
+    splits: dict[str, torch.Tensor]
+    extraction_s: float
+    cached: bool
+
+
 class FeatureCache:
     """Backbone features per split, computed once: in memory for this process (a tuning study's
     trials), on disk for later runs, keyed by backbone, weights, data digest and image size."""
 
-    _memory: dict[str, dict[str, torch.Tensor]] = {}
+    _memory: dict[str, dict] = {}
 
     def __init__(self, root: Path):
         self.root = root / "features"
 
-    def get_or_extract(self, key: str, model: Classifier, data: PreparedData, batch_size: int, device: Device) -> tuple[dict[str, torch.Tensor], float]:
-        """The features and the seconds spent extracting them (0 when they were cached)."""
-        if key in self._memory:
-            return self._memory[key], 0.0
-        path = self.root / f"{key}.pt"
-        if path.exists():
-            features = torch.load(path, map_location="cpu", weights_only=True)
-            self._memory[key] = features
-            return features, 0.0
-        start = time.perf_counter()
-        features = {
-            split: extract_features(model, data.images(split), batch_size, device, desc=f"{split} features").cpu()
-            for split in ("train", "val", "test")
-        }
-        seconds = time.perf_counter() - start
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{time.time_ns()}.tmp")
-        torch.save(features, tmp)
-        tmp.replace(path)
-        self._memory[key] = features
-        return features, seconds
+    def get_or_extract(self, key: str, model: Classifier, data: PreparedData, batch_size: int, device: Device) -> Features:
+        if key not in self._memory:
+            path = self.root / f"{key}.pt"
+            if path.exists():
+                self._memory[key] = torch.load(path, map_location="cpu", weights_only=True)
+            else:
+                start = time.perf_counter()
+                stored = {
+                    split: extract_features(model, data.images(split), batch_size, device, desc=f"{split} features").cpu()
+                    for split in ("train", "val", "test")
+                }
+                stored["extraction_s"] = time.perf_counter() - start
+                self.root.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{time.time_ns()}.tmp")
+                torch.save(stored, tmp)
+                tmp.replace(path)
+                self._memory[key] = stored
+                return Features({s: stored[s] for s in ("train", "val", "test")}, stored["extraction_s"], cached=False)
+        stored = self._memory[key]
+        return Features({s: stored[s] for s in ("train", "val", "test")}, float(stored["extraction_s"]), cached=True)
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -179,7 +188,6 @@ class FitState:
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     train_time_s: float = 0.0
-    extraction_time_s: float = 0.0
 
     @property
     def best(self) -> EpochStats:
@@ -410,10 +418,10 @@ class TrainingSetup:
         check_input_size(model, self.prep.data.image_size)
         return model
 
-    def features(self, model: Classifier) -> tuple[dict[str, torch.Tensor] | None, float]:
-        """Frozen mode: the cached features (extracting them on first use) and the seconds spent."""
+    def features(self, model: Classifier) -> Features | None:
+        """Frozen mode: the backbone's features, extracted on first use, cached after."""
         if not self.model.frozen:
-            return None, 0.0
+            return None
         cache = FeatureCache(cache_root(self.data.cache_dir))
         return cache.get_or_extract(self.feature_key, model, self.prep.data, self.fit.batch_size, self.device)
 

@@ -103,3 +103,21 @@ def loss_against_lr(trials: list[dict]):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def image_grid(images: list[np.ndarray], titles: list[str], columns: int = 6, title: str = ""):
+    """Grey images with a caption each, for review by eye."""
+    count = max(len(images), 1)
+    rows = (count + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, caption in zip(axes.flat, images, titles):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=7)
+    if not images:
+        axes.flat[0].text(0.5, 0.5, "none", ha="center", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -7,9 +7,10 @@ code version.
 
 from __future__ import annotations
 
+import csv
+import fcntl
 import hashlib
 import json
-import fcntl
 import os
 import shlex
 import tempfile
@@ -214,3 +215,49 @@ def ui_hint(experiment_id: str) -> str:
         f"Open the MLflow UI: mlflow ui --backend-store-uri {uri}\n"
         f"then http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
     )
+
+
+def _runs_by_id(experiment_id: str, run_ids: list[str]) -> dict[str, Run]:
+    if not run_ids:
+        return {}
+    quoted = ", ".join(f"'{r}'" for r in run_ids)
+    runs = mlflow.search_runs([experiment_id], filter_string=f"attributes.run_id IN ({quoted})", output_format="list")
+    return {r.info.run_id: r for r in runs}
+
+
+def comparison(compare_run_id: str) -> list[dict]:
+    """Everything the comparison report shows, read back from the store with `search_runs`, so
+    the report can be rebuilt for any past compare run: one dict per configuration."""
+    compare = get_run(compare_run_id)
+    experiment_id = compare.info.experiment_id
+    configurations = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{compare_run_id}' and tags.step = 'main' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+        output_format="list",
+    )
+    wanted = [c.data.tags[k] for c in configurations for k in ("train_run_id", "evaluate_run_id")]
+    runs = _runs_by_id(experiment_id, wanted)
+    client = MlflowClient()
+    rows = []
+    for config in configurations:
+        train, evaluate = runs[config.data.tags["train_run_id"]], runs[config.data.tags["evaluate_run_id"]]
+        histories = {m: {p.step: p.value for p in client.get_metric_history(train.info.run_id, m)} for m in ("train_loss", "train_acc", "val_loss", "val_acc")}
+        history = [{"epoch": e, **{m: histories[m][e] for m in histories}} for e in sorted(histories["val_loss"])]
+        predictions = download(evaluate.info.run_id, "predictions/test.csv")
+        with open(predictions, newline="") as f:
+            test_predictions = list(csv.DictReader(f))
+        rows.append({
+            "mode": config.data.tags["mode"],
+            "backbone": config.data.tags["backbone"],
+            "lr": float(train.data.params["lr"]),
+            **{k: evaluate.data.metrics[k] for k in ("train_acc", "val_acc", "test_acc", "test_auc", "test_sensitivity", "test_specificity")},
+            "train_time_s": train.data.metrics["train_time_s"],
+            "epochs_run": int(train.data.tags["epochs_run"]),
+            "main_run_id": config.info.run_id,
+            "train_run_id": train.info.run_id,
+            "evaluate_run_id": evaluate.info.run_id,
+            "history": history,
+            "test_predictions": test_predictions,
+        })
+    return rows

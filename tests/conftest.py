@@ -4,8 +4,11 @@ helper that runs the real command lines (`mlflow run`, `python -m pipeline`) in 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -80,3 +83,22 @@ def runs_of(step: str | None = None) -> list:
 def error_lines(stderr: str) -> list[str]:
     """The `error:` lines of a command's stderr (MLflow's own INFO lines may surround them)."""
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_server(url: str, process: subprocess.Popen, seconds: float, log: Path | None = None) -> None:
+    """Poll `url` until it answers; fail with the server's log if the process dies or time runs out."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if process.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"{url} did not come up: " + (log.read_text()[-3000:] if log and log.exists() else "no log")) from None
+            time.sleep(1)

@@ -70,3 +70,10 @@ def test_params_are_flat_strings():
     params = as_params(DataConfig(), FitConfig(), CompareConfig())
     assert params["lr"] == "auto" and params["augment"] == "true" and params["backbones"] == "resnet50,efficientnet_b0"
     assert all(isinstance(v, str) for v in params.values())
+
+
+def test_a_storage_url_with_a_password_is_refused_before_anything_is_logged():
+    with pytest.raises(UserError, match="must not contain a password.*PGPASSWORD"):
+        parse_cli(["--storage", "postgresql://lab:s3cret@db/optuna"], TuneConfig)
+    (tune,) = parse_cli(["--storage", "postgresql://lab@db:5432/optuna"], TuneConfig)
+    assert tune.storage == "postgresql://lab@db:5432/optuna"

@@ -36,8 +36,8 @@ def setup(data_dir, tmp_path, frozen=True, **fit):
 
 def fit_once(s, epochs=3, **kwargs):
     model = s.new_model()
-    features, _ = s.features(model)
-    state = train_classifier(model, s.prep.data, replace(s.fit, epochs=epochs), 1e-3, s.device, s.data.seed, features=features, **kwargs)
+    features = s.features(model)
+    state = train_classifier(model, s.prep.data, replace(s.fit, epochs=epochs), 1e-3, s.device, s.data.seed, features=features and features.splits, **kwargs)
     return model, state
 
 
@@ -83,21 +83,22 @@ def test_frozen_training_leaves_the_backbone_untouched(data_dir, tmp_path):
     s = setup(data_dir, tmp_path)
     model = s.new_model()
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
-    features, _ = s.features(model)
-    train_classifier(model, s.prep.data, replace(s.fit, epochs=2), 1e-2, s.device, 0, features=features)
+    train_classifier(model, s.prep.data, replace(s.fit, epochs=2), 1e-2, s.device, 0, features=s.features(model).splits)
     assert all(torch.equal(before[k], v) for k, v in model.backbone.state_dict().items())
 
 
 def test_features_are_extracted_once_then_read_from_memory_or_disk(data_dir, tmp_path, monkeypatch):
     s = setup(data_dir, tmp_path)
     model = s.new_model()
-    features, seconds = s.features(model)
-    assert seconds > 0 and features["train"].shape == (24, 512) and features["test"].shape == (8, 512)
+    first = s.features(model)
+    assert not first.cached and first.extraction_s > 0
+    assert first.splits["train"].shape == (24, 512) and first.splits["test"].shape == (8, 512)
     monkeypatch.setattr(engine, "extract_features", lambda *a, **k: pytest.fail("extracted again"))
-    assert s.features(model)[1] == 0.0
+    assert s.features(model).cached
     FeatureCache._memory.clear()  # as in a new process
-    again, seconds = s.features(model)
-    assert seconds == 0.0 and torch.equal(again["val"], features["val"])
+    again = s.features(model)
+    assert again.cached and again.extraction_s == pytest.approx(first.extraction_s)
+    assert torch.equal(again.splits["val"], first.splits["val"])
 
 
 def test_frozen_head_learns_and_the_kept_model_predicts_on_raw_images(data_dir, tmp_path):

@@ -5,10 +5,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pandas as pd
@@ -17,7 +15,7 @@ import pytest
 from pipeline.config import DataConfig, FitConfig, ModelConfig, PredictConfig
 from pipeline.steps import predict, train
 
-from conftest import ROOT, error_lines, make_dataset, pipeline_cli
+from conftest import ROOT, error_lines, free_port, make_dataset, pipeline_cli, wait_for_server
 
 
 @pytest.fixture
@@ -66,12 +64,6 @@ def test_missing_input_or_model_is_a_user_error(store, tmp_path):
     assert result.returncode == 2 and error_lines(result.stderr)[0].startswith("error: cannot load model 'models:/m-nope'")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_a_base64_image_with_a_probability(trained):
     model_uri, data = trained
     port = free_port()
@@ -80,14 +72,7 @@ def test_mlflow_models_serve_answers_a_base64_image_with_a_probability(trained):
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, "the model server did not start"
-                time.sleep(1)
+        wait_for_server(f"http://127.0.0.1:{port}/ping", server, 240)
         image = base64.b64encode(sorted((data / "test" / "NORMAL").iterdir())[0].read_bytes()).decode()
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image], ["@@not base64@@"]]}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})

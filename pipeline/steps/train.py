@@ -5,8 +5,9 @@ backbone, frozen, weights, the fit settings (epochs, batch_size, lr, backbone_lr
 weight_decay, patience, class_weights, augment, device, num_threads), and `resume` (a run id).
 Outputs (run `<backbone>-<mode>-train`): those settings with the resolved `lr`, `data_digest`
 and split sizes as parameters; `train_loss`, `train_acc`, `val_loss`, `val_acc`, `lr`,
-`epoch_time_s` at step = epoch; `train_time_s`, `best_epoch`, `best_val_acc`, `best_val_loss`,
-`feature_extraction_s`; tags `early_stopped`, `epochs_run`; artifacts
+`epoch_time_s` at step = epoch; `train_time_s` (feature extraction included, also when the
+features came from the cache), `best_epoch`, `best_val_acc`, `best_val_loss`,
+`feature_extraction_s`; tags `early_stopped`, `epochs_run`, `features_cached`; artifacts
 `plots/learning_curves.png`, `checkpoints/last.pt` (after every epoch, for `resume`),
 `checkpoints/best.pt` (the kept weights) and the model `model`.
 """
@@ -104,13 +105,15 @@ def resume(run_id: str) -> Trained:
 def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> str:
     fit, model_cfg = setup.fit, setup.model
     model = setup.new_model()
-    features, extraction_s = setup.features(model)
-    if checkpoint is not None:
-        extraction_s += checkpoint["state"]["extraction_time_s"]
+    features = setup.features(model)
+    # A frozen configuration's cost includes extracting its features, whether that happened
+    # now or in an earlier run whose cached features this one reuses (tag `features_cached`).
+    extraction_s = features.extraction_s if features else 0.0
+    if features:
+        mlflow.set_tag("features_cached", str(features.cached).lower())
     checkpoint_dir = Path(tempfile.mkdtemp())
 
     def on_epoch(stats: EpochStats, state: FitState, make_checkpoint) -> None:
-        state.extraction_time_s = extraction_s
         log_epoch(stats)
         # Metrics first, then the checkpoint: a resumed run never skips an epoch's numbers.
         torch.save(make_checkpoint(), checkpoint_dir / "last.pt")
@@ -119,7 +122,7 @@ def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> 
 
     state = train_classifier(
         model, setup.prep.data, fit, lr, setup.device, setup.data.seed,
-        features=features, on_epoch=on_epoch, checkpoint=checkpoint,
+        features=features.splits if features else None, on_epoch=on_epoch, checkpoint=checkpoint,
     )
     best = state.best
     mlflow.log_metrics({

@@ -87,6 +87,8 @@ def run(
             "n_trials_run": objective.trials_run,
             "feature_extraction_s": objective.extraction_s,
         })
+        if objective.features_cached is not None:
+            mlflow.set_tag("features_cached", str(objective.features_cached).lower())
         _log_figures(study)
     print(
         f"best lr {summary.best_lr:.3g} (val loss {summary.best_val_loss:.4f}); study {name}: "
@@ -104,6 +106,7 @@ class Objective:
         self.lr_range = lr_range
         self.trials_run = 0
         self.extraction_s = 0.0
+        self.features_cached: bool | None = None  # as found by the first trial
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.setup
@@ -115,8 +118,9 @@ class Objective:
                 mlflow.set_tags({"trial": str(trial.number), "study_name": trial.study.study_name})
                 mlflow.log_params({"lr": f"{lr:.6g}", "trial": str(trial.number)})
                 model = s.new_model()
-                features, seconds = s.features(model)
-                self.extraction_s += seconds
+                features = s.features(model)
+                if features is not None and self.features_cached is None:
+                    self.extraction_s, self.features_cached = features.extraction_s, features.cached
 
                 def on_epoch(stats: EpochStats, state, make_checkpoint) -> None:
                     log_epoch(stats)
@@ -129,7 +133,10 @@ class Objective:
                         raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
                     return False
 
-                state = train_classifier(model, s.prep.data, s.fit, lr, s.device, s.data.seed, features=features, on_epoch=on_epoch, should_stop=should_stop)
+                state = train_classifier(
+                    model, s.prep.data, s.fit, lr, s.device, s.data.seed,
+                    features=features.splits if features else None, on_epoch=on_epoch, should_stop=should_stop,
+                )
                 mlflow.log_metrics({"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch})
         except optuna.TrialPruned as e:
             print(f"trial {trial.number}: lr {lr:.3g} -> {e}", flush=True)

@@ -1,0 +1,148 @@
+"""compare: the four-way study (or any set of backbones x modes), its report, and its analysis.
+
+Inputs: the data, fit and tuning settings of `main`, `tune_trials`, `backbones` (default
+resnet50,efficientnet_b0), `modes` (default finetune,frozen), `weights`, and `report_for` (the
+id of an earlier compare run whose report to rebuild from the store, training nothing).
+Children of the compare run: `prepare`, then one `<backbone>-<mode>-main` run per
+configuration with its own prepare, tune, train and evaluate children, each reused where a
+finished run with identical inputs exists.
+Outputs (artifacts under `report/`): `comparison.md`, `comparison.csv`, `comparison.html`
+(self-contained, figures embedded), `learning_curves.png`, `accuracy_and_time.png`,
+`roc_curves.png`, and `analysis/` (`analysis.md`, `analysis.json`,
+`label_noise_candidates.png`): leakage, distribution shift, label-noise candidates, errors and
+the plain-language findings. All numbers are read back from the tracking store.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from pipeline import analysis, plots, report, tracking
+from pipeline.config import CompareConfig, DataConfig, FitConfig, MainConfig, ModelConfig, TuneConfig, UserError, as_params, from_params
+from pipeline.data import Preparation, prepare_dataset
+from pipeline.engine import setup_training
+from pipeline.metrics import POSITIVE_CLASS
+from pipeline.steps import prepare
+from pipeline.steps.main import run_configuration
+
+LABEL_NOISE_CONFIDENCE = 0.8
+
+
+def run(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneConfig, cmp: CompareConfig) -> str:
+    with tracking.step_run("compare") as parent:
+        settings = as_params(data, fit, main_cfg, tune_cfg, cmp)
+        tracking.log_params(settings)
+        mlflow.set_tag("settings", json.dumps(settings))
+        if cmp.report_for:
+            # Rebuild an earlier run's report with that run's own data and weights.
+            source = tracking.get_run(cmp.report_for)
+            if source.data.tags.get("step") != "compare" or "settings" not in source.data.tags:
+                raise UserError(f"run {cmp.report_for} is not a compare run; report_for takes the id of one")
+            data, fit, cmp = from_params(json.loads(source.data.tags["settings"]), DataConfig, FitConfig, CompareConfig)
+            mlflow.set_tag("report_for", source.info.run_id)
+            prep = prepare_dataset(data)
+            compare_id = source.info.run_id
+        else:
+            prep = prepare.run(data, reuse=True).preparation
+            for backbone in cmp.backbones:
+                for mode in cmp.modes:
+                    model = ModelConfig(backbone, mode == "frozen", cmp.weights)
+                    # One study per configuration: a given study_name becomes a prefix.
+                    study = replace(tune_cfg, study_name=f"{tune_cfg.study_name}-{backbone}-{mode}") if tune_cfg.study_name else tune_cfg
+                    print(f"\n== {backbone} ({mode})", flush=True)
+                    with tracking.step_run("main", backbone, mode):
+                        tracking.log_params(as_params(data, model, fit, main_cfg, study))
+                        run_configuration(data, model, fit, main_cfg.tune_trials, study)
+            compare_id = parent.info.run_id
+        folder = write_report(compare_id, prep, data, fit, cmp)
+        mlflow.log_artifacts(str(folder), "report")
+    print(f"\nreport: {folder / 'comparison.md'} (logged under report/ in run {parent.info.run_id})")
+    print((folder / "comparison.md").read_text())
+    print(tracking.ui_hint(parent.info.experiment_id))
+    return parent.info.run_id
+
+
+def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitConfig, cmp: CompareConfig) -> Path:
+    rows = tracking.comparison(compare_id)
+    if not rows:
+        raise UserError(f"compare run {compare_id} has no finished configuration to report on")
+    folder = Path(tempfile.mkdtemp()) / "report"
+    (folder / "analysis").mkdir(parents=True)
+    study = test_set_analysis(rows, prep, data, fit, cmp)
+    (folder / "analysis" / "analysis.json").write_text(json.dumps(study, indent=1, default=str))
+    analysis_md = analysis.render(study)
+    (folder / "analysis" / "analysis.md").write_text(analysis_md)
+    figures = {
+        "learning_curves.png": report.figure_png(report.learning_curves_figure(rows)),
+        "accuracy_and_time.png": report.figure_png(report.accuracy_and_time_figure(rows)),
+        "roc_curves.png": report.figure_png(report.roc_figure(rows, positive_label(prep))),
+    }
+    figures["analysis/label_noise_candidates.png"] = report.figure_png(label_noise_grid(study["label_noise_candidates"], prep))
+    for name, png in figures.items():
+        (folder / name).write_bytes(png)
+    table = report.table_markdown(rows)
+    title = f"{prep.name}: {len(rows)} configurations (compare run {compare_id})"
+    (folder / "comparison.md").write_text(f"# {title}\n\n{table}\n## Findings\n\n" + "".join(f"- {f}\n" for f in study["findings"]))
+    (folder / "comparison.csv").write_text(report.table_csv(rows))
+    (folder / "comparison.html").write_text(report.html_page(title, rows, figures, analysis_md, study["findings"]))
+    return folder
+
+
+def positive_label(prep: Preparation) -> str:
+    classes = prep.data.classes
+    return POSITIVE_CLASS if POSITIVE_CLASS in classes else classes[-1]
+
+
+def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit: FitConfig, cmp: CompareConfig) -> dict:
+    d = prep.data
+    manifest = d.manifest()
+    images = {s: d.images(s) for s in ("train", "val", "test")}
+    positive = positive_label(prep)
+    shift = {"class_balance": analysis.class_balance(manifest, positive), "image_statistics": analysis.image_statistics(manifest, images)}
+    # Train-vs-test separability on the features of the first backbone, frozen: the cached
+    # features of a frozen configuration, so usually no extraction at all.
+    backbone = next((r["backbone"] for r in rows if r["mode"] == "frozen"), rows[0]["backbone"])
+    setup = setup_training(data, ModelConfig(backbone, True, cmp.weights), fit, prep)
+    features = setup.features(setup.new_model()).splits
+    shift["domain_auc"] = analysis.domain_auc(features["train"].numpy(), features["test"].numpy(), data.seed)
+    shift["domain_features"] = f"{backbone} ({setup.weights.key})"
+    predictions = {report.label(r): r["test_predictions"] for r in rows}
+    errors = {}
+    for r in rows:
+        wrong = [p for p in r["test_predictions"] if p["predicted_label"] != p["true_label"]]
+        errors[report.label(r)] = {
+            "fp": sum(p["true_label"] != positive for p in wrong),
+            "fn": sum(p["true_label"] == positive for p in wrong),
+            "val_acc": r["val_acc"],
+            "test_acc": r["test_acc"],
+        }
+    study = {
+        "leakage": analysis.leakage(manifest, images, data.patient_pattern),
+        "shift": shift,
+        "label_noise_candidates": analysis.label_noise_candidates(predictions, positive, LABEL_NOISE_CONFIDENCE),
+        "label_noise_confidence": LABEL_NOISE_CONFIDENCE,
+        "errors": analysis.error_breakdown(errors),
+    }
+    study["findings"] = analysis.findings(study)
+    return study
+
+
+def label_noise_grid(candidates: list[dict], prep: Preparation):
+    index = {path: k for k, path in enumerate(prep.data.files("test"))}
+    test_images = prep.data.images("test")
+    shown = candidates[:24]
+    return plots.image_grid(
+        [np.asarray(test_images[index[c["file"]]]) for c in shown],
+        [f"{Path(c['file']).name}\nlabel {c['true_label']}, wrong at {c['mean_probability_of_wrong_class']:.2f}" for c in shown],
+        title=f"test images every model gets confidently wrong ({len(candidates)})",
+    )
+
+
+def main(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneConfig, cmp: CompareConfig) -> None:
+    run(data, fit, main_cfg, tune_cfg, cmp)

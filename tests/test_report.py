@@ -1,0 +1,79 @@
+"""The comparison report from a store holding known runs: every number in the table is the run's."""
+
+import csv
+import io
+
+import mlflow
+import pytest
+
+from pipeline import report, tracking
+
+KNOWN = [
+    # backbone, mode, lr, train_acc, val_acc, test_acc, auc, sens, spec, time, epochs
+    ("resnet50", "finetune", 3e-5, 0.99, 0.97, 0.81, 0.93, 0.98, 0.52, 812.4, 7),
+    ("efficientnet_b0", "frozen", 2e-3, 0.93, 0.92, 0.77, 0.90, 0.95, 0.47, 35.1, 10),
+]
+
+
+def log_configuration(backbone, mode, lr, train_acc, val_acc, test_acc, auc, sens, spec, seconds, epochs):
+    with tracking.step_run("main", backbone, mode):
+        with tracking.step_run("train", backbone, mode) as train:
+            mlflow.log_params({"lr": str(lr)})
+            mlflow.log_metric("train_time_s", seconds)
+            mlflow.set_tag("epochs_run", str(epochs))
+            for e in range(1, epochs + 1):
+                mlflow.log_metrics({"train_loss": 1 / e, "train_acc": 1 - 0.5 / e, "val_loss": 1.2 / e, "val_acc": 1 - 0.6 / e}, step=e)
+        with tracking.step_run("evaluate", backbone, mode) as evaluate:
+            mlflow.log_metrics({"train_acc": train_acc, "val_acc": val_acc, "test_acc": test_acc, "test_auc": auc,
+                                "test_sensitivity": sens, "test_specificity": spec})
+            mlflow.log_text("file,true_label,probability,predicted_label\na.png,NORMAL,0.2,NORMAL\nb.png,PNEUMONIA,0.7,PNEUMONIA\nc.png,NORMAL,0.9,PNEUMONIA\n",
+                            "predictions/test.csv")
+        mlflow.set_tags({"train_run_id": train.info.run_id, "evaluate_run_id": evaluate.info.run_id})
+
+
+@pytest.fixture
+def compare_run(store):
+    with tracking.step_run("compare") as compare:
+        for row in KNOWN:
+            log_configuration(*row)
+    return compare.info.run_id
+
+
+def test_rows_are_read_back_from_the_store(compare_run):
+    rows = tracking.comparison(compare_run)
+    assert [(r["backbone"], r["mode"]) for r in rows] == [(k[0], k[1]) for k in KNOWN]
+    for row, known in zip(rows, KNOWN):
+        _, _, lr, train_acc, val_acc, test_acc, auc, sens, spec, seconds, epochs = known
+        assert (row["lr"], row["train_acc"], row["val_acc"], row["test_acc"], row["test_auc"]) == (lr, train_acc, val_acc, test_acc, auc)
+        assert (row["test_sensitivity"], row["test_specificity"], row["train_time_s"], row["epochs_run"]) == (sens, spec, seconds, epochs)
+        assert [h["epoch"] for h in row["history"]] == list(range(1, epochs + 1))
+        assert row["history"][-1]["val_acc"] == pytest.approx(1 - 0.6 / epochs)
+        assert [p["file"] for p in row["test_predictions"]] == ["a.png", "b.png", "c.png"]
+
+
+def test_tables_show_exactly_those_numbers(compare_run):
+    rows = tracking.comparison(compare_run)
+    markdown = report.table_markdown(rows)
+    assert "| finetune | resnet50 | 3e-05 | 0.990 | 0.970 | 0.810 | 0.930 | 0.980 | 0.520 | 812.4 | 7 |" in markdown
+    assert "| frozen | efficientnet_b0 | 0.002 | 0.930 | 0.920 | 0.770 | 0.900 | 0.950 | 0.470 | 35.1 | 10 |" in markdown
+    parsed = list(csv.DictReader(io.StringIO(report.table_csv(rows))))
+    assert [float(r["test_acc"]) for r in parsed] == [0.81, 0.77] and parsed[0]["train_run_id"] == rows[0]["train_run_id"]
+
+
+def test_figures_and_a_self_contained_page(compare_run):
+    rows = tracking.comparison(compare_run)
+    figures = {
+        "learning_curves.png": report.figure_png(report.learning_curves_figure(rows)),
+        "accuracy_and_time.png": report.figure_png(report.accuracy_and_time_figure(rows)),
+        "roc_curves.png": report.figure_png(report.roc_figure(rows, "PNEUMONIA")),
+    }
+    assert all(png.startswith(b"\x89PNG") for png in figures.values())
+    page = report.html_page("study", rows, figures, "# analysis", ["Validation beats test."])
+    assert page.count("data:image/png;base64,") == 3 and "src=\"http" not in page
+    assert "<td>resnet50</td>" in page and "<li>Validation beats test.</li>" in page
+
+
+def test_a_compare_run_without_configurations_has_no_rows(store):
+    with tracking.step_run("compare") as empty:
+        pass
+    assert tracking.comparison(empty.info.run_id) == []
