@@ -182,9 +182,12 @@ def findings(analysis: dict) -> list[str]:
     if errors:
         gaps = {name: e["val_minus_test_points"] for name, e in errors.items()}
         mean_gap = float(np.mean(list(gaps.values())))
-        worst = max(gaps, key=gaps.get)
-        direction = "exceeds" if mean_gap >= 0 else "falls below"
-        out.append(f"Validation accuracy {direction} test accuracy by {abs(mean_gap):.1f} points on average over {len(gaps)} models (largest gap: {worst}, {gaps[worst]:.1f} points).")
+        low, high = min(gaps, key=gaps.get), max(gaps, key=gaps.get)
+        direction = "above" if mean_gap >= 0 else "below"
+        out.append(
+            f"Validation accuracy is {abs(mean_gap):.1f} points {direction} test accuracy on average over {len(gaps)} models "
+            f"(validation - test: {gaps[low]:+.1f} points for {low} to {gaps[high]:+.1f} for {high})."
+        )
         fp, fn = sum(e["false_positives"] for e in errors.values()), sum(e["false_negatives"] for e in errors.values())
         if fp + fn:
             kind = "false positives (NORMAL called PNEUMONIA)" if fp > fn else "false negatives (PNEUMONIA missed)"

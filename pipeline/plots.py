@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # no screen needed; figures are only ever written to file
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def learning_curves(history: list[dict], title: str = "", best_epoch: int | None = None):
@@ -18,6 +19,7 @@ def learning_curves(history: list[dict], title: str = "", best_epoch: int | None
     epochs = [h["epoch"] for h in history]
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric, label in ((acc_ax, "acc", "accuracy"), (loss_ax, "loss", "loss")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], "o-", label="train")
         ax.plot(epochs, [h[f"val_{metric}"] for h in history], "s-", label="validation")
         if best_epoch:
@@ -107,16 +109,18 @@ def loss_against_lr(trials: list[dict]):
 
 def image_grid(images: list[np.ndarray], titles: list[str], columns: int = 6, title: str = ""):
     """Grey images with a caption each, for review by eye."""
-    count = max(len(images), 1)
-    rows = (count + columns - 1) // columns
+    if not images:
+        fig, ax = plt.subplots(figsize=(6, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{title}: none", ha="center", va="center")
+        return fig
+    rows = (len(images) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.7 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, titles):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         ax.set_title(caption, fontsize=7)
-    if not images:
-        axes.flat[0].text(0.5, 0.5, "none", ha="center", va="center")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

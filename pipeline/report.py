@@ -73,6 +73,7 @@ def learning_curves_figure(rows: list[dict]):
             ax.plot(epochs, [h[f"train_{metric}"] for h in history], "--", color=colour, alpha=0.7)
             ax.plot(epochs, [h[f"val_{metric}"] for h in history], "-o", color=colour, markersize=3, label=label(row))
     for ax, name in ((acc_ax, "accuracy"), (loss_ax, "loss")):
+        ax.xaxis.set_major_locator(plots.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.set_title(f"{name}: validation (solid) and train (dashed)")
@@ -93,7 +94,7 @@ def accuracy_and_time_figure(rows: list[dict]):
     acc_ax.set_ylim(0, 1)
     acc_ax.set_ylabel("accuracy")
     acc_ax.set_title("accuracy of the kept model")
-    acc_ax.legend()
+    acc_ax.legend(loc="lower center", ncol=3, fontsize=8, framealpha=0.9)
     time_ax.bar(x, [r["train_time_s"] for r in rows], color="grey")
     time_ax.set_xticks(x, names, rotation=20, ha="right")
     time_ax.set_ylabel("seconds")

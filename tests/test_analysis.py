@@ -104,7 +104,7 @@ def test_findings_cite_the_numbers(planted):
         "errors": analysis.error_breakdown({"m": {"fp": 7, "fn": 2, "val_acc": 0.9, "test_acc": 0.69}}),
     }
     text = " ".join(analysis.findings(study))
-    assert "Validation accuracy exceeds test accuracy by 21.0 points" in text
+    assert "Validation accuracy is 21.0 points above test accuracy" in text
     assert "1 test patients also have images in train" in text
     assert "Keyed by the number alone, 2 patients would seem shared by train and test" in text and "there are 1" in text
     assert "7 false positives against 2 false negatives" in text
