@@ -124,8 +124,8 @@ def extract_features(model: Classifier, images: np.ndarray, batch_size: int, dev
 
 @dataclass
 class Features:
-    """Backbone features of every split, what extracting them cost, and whether this process
-    extracted them now or found them cached (in memory or on disk)."""
+    """Backbone features of some splits, what extracting them cost, and whether this process
+    found them all cached (in memory or on disk) rather than extracting any."""
 
     splits: dict[str, torch.Tensor]
     extraction_s: float
@@ -134,33 +134,34 @@ class Features:
 
 class FeatureCache:
     """Backbone features per split, computed once: in memory for this process (a tuning study's
-    trials), on disk for later runs, keyed by backbone, weights, data digest and image size."""
+    trials), on disk for later runs, keyed by backbone, weights, data digest and image size.
+    Each split is extracted when first asked for: training needs train and val, not test."""
 
     _memory: dict[str, dict] = {}
 
     def __init__(self, root: Path):
         self.root = root / "features"
 
-    def get_or_extract(self, key: str, model: Classifier, data: PreparedData, batch_size: int, device: Device) -> Features:
-        if key not in self._memory:
-            path = self.root / f"{key}.pt"
-            if path.exists():
-                self._memory[key] = torch.load(path, map_location="cpu", weights_only=True)
-            else:
-                start = time.perf_counter()
-                stored = {
-                    split: extract_features(model, data.images(split), batch_size, device, desc=f"{split} features").cpu()
-                    for split in ("train", "val", "test")
-                }
-                stored["extraction_s"] = time.perf_counter() - start
-                self.root.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".{time.time_ns()}.tmp")
-                torch.save(stored, tmp)
-                tmp.replace(path)
-                self._memory[key] = stored
-                return Features({s: stored[s] for s in ("train", "val", "test")}, stored["extraction_s"], cached=False)
-        stored = self._memory[key]
-        return Features({s: stored[s] for s in ("train", "val", "test")}, float(stored["extraction_s"]), cached=True)
+    def get_or_extract(self, key: str, model: Classifier, data: PreparedData, batch_size: int, device: Device, splits: tuple[str, ...]) -> Features:
+        found, cached = {}, True
+        for split in splits:
+            entry_key = f"{key}-{split}"
+            if entry_key not in self._memory:
+                path = self.root / f"{entry_key}.pt"
+                if path.exists():
+                    self._memory[entry_key] = torch.load(path, map_location="cpu", weights_only=True)
+                else:
+                    start = time.perf_counter()
+                    features = extract_features(model, data.images(split), batch_size, device, desc=f"{split} features").cpu()
+                    entry = {"features": features, "extraction_s": time.perf_counter() - start}
+                    self.root.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_suffix(f".{time.time_ns()}.tmp")
+                    torch.save(entry, tmp)
+                    tmp.replace(path)
+                    self._memory[entry_key] = entry
+                    cached = False
+            found[split] = self._memory[entry_key]
+        return Features({s: e["features"] for s, e in found.items()}, sum(float(e["extraction_s"]) for e in found.values()), cached)
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -306,7 +307,7 @@ def train_classifier(
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = FitState.from_dict(checkpoint["state"])
-        best_weights = checkpoint["best_trainable"]
+        best_weights = checkpoint["best_trainable"] or {k: v.detach().clone() for k, v in trainable.state_dict().items()}
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
     resumed_time = state.train_time_s
@@ -317,7 +318,9 @@ def train_classifier(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "state": state.to_dict(),
-            "best_trainable": best_weights,
+            # The kept weights, unless they are this very epoch's (then `trainable` holds them):
+            # a fine-tuned ResNet50 checkpoint is 100 MB lighter in every improving epoch.
+            "best_trainable": None if state.best_epoch == state.epoch else best_weights,
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
@@ -418,12 +421,12 @@ class TrainingSetup:
         check_input_size(model, self.prep.data.image_size)
         return model
 
-    def features(self, model: Classifier) -> Features | None:
+    def features(self, model: Classifier, splits: tuple[str, ...] = ("train", "val")) -> Features | None:
         """Frozen mode: the backbone's features, extracted on first use, cached after."""
         if not self.model.frozen:
             return None
         cache = FeatureCache(cache_root(self.data.cache_dir))
-        return cache.get_or_extract(self.feature_key, model, self.prep.data, self.fit.batch_size, self.device)
+        return cache.get_or_extract(self.feature_key, model, self.prep.data, self.fit.batch_size, self.device, splits)
 
 
 def setup_training(data: DataConfig, model: ModelConfig, fit: FitConfig, prep: Preparation | None = None) -> TrainingSetup:

@@ -92,7 +92,9 @@ def test_features_are_extracted_once_then_read_from_memory_or_disk(data_dir, tmp
     model = s.new_model()
     first = s.features(model)
     assert not first.cached and first.extraction_s > 0
-    assert first.splits["train"].shape == (24, 512) and first.splits["test"].shape == (8, 512)
+    assert set(first.splits) == {"train", "val"} and first.splits["train"].shape == (24, 512)
+    test = s.features(model, ("train", "test"))  # test only when asked for; train is reused
+    assert not test.cached and test.splits["test"].shape == (8, 512) and torch.equal(test.splits["train"], first.splits["train"])
     monkeypatch.setattr(engine, "extract_features", lambda *a, **k: pytest.fail("extracted again"))
     assert s.features(model).cached
     FeatureCache._memory.clear()  # as in a new process

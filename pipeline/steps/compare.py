@@ -109,7 +109,7 @@ def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit
     # features of a frozen configuration, so usually no extraction at all.
     backbone = next((r["backbone"] for r in rows if r["mode"] == "frozen"), rows[0]["backbone"])
     setup = setup_training(data, ModelConfig(backbone, True, cmp.weights), fit, prep)
-    features = setup.features(setup.new_model()).splits
+    features = setup.features(setup.new_model(), ("train", "test")).splits
     shift["domain_auc"] = analysis.domain_auc(features["train"].numpy(), features["test"].numpy(), data.seed)
     shift["domain_features"] = f"{backbone} ({setup.weights.key})"
     predictions = {report.label(r): r["test_predictions"] for r in rows}
