@@ -8,16 +8,19 @@ code version.
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import json
 import os
+import queue
 import shlex
 import tempfile
+import threading
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.entities import Run
@@ -25,6 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import experiment
 from pipeline.config import UserError
+from pipeline.sqlite_lock import sqlite_setup_lock
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -50,19 +54,9 @@ def run_name(step: str, backbone: str | None = None, mode: str | None = None) ->
 
 def _select_experiment() -> None:
     """Point the client at the project's experiment, unless `mlflow run` already made our run.
-
-    The first access to a new SQLite store creates its tables; two workers starting together
-    would race to do so (and fail on "table already exists"), so it happens under a file lock."""
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        return _select_experiment_once()
-    lock = Path(tempfile.gettempdir()) / f"cxr-transfer-{hashlib.sha256(uri.encode()).hexdigest()[:16]}.lock"
-    with open(lock, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            _select_experiment_once()
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    The first access to a new SQLite store creates its tables: one worker at a time."""
+    with sqlite_setup_lock(mlflow.get_tracking_uri()):
+        _select_experiment_once()
 
 
 def _select_experiment_once() -> None:
@@ -261,3 +255,105 @@ def comparison(compare_run_id: str) -> list[dict]:
             "test_predictions": test_predictions,
         })
     return rows
+
+
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
+
+
+class EpochRecorder:
+    """Logs each epoch's metrics (step = epoch) and, given a folder, a checkpoint
+    (`checkpoints/last.pt`) from a background thread, so training never waits for the store.
+
+    Order is kept: an epoch's metrics are stored before any checkpoint of that epoch, so a
+    resumed run never skips an epoch's numbers. The thread writes at most once per
+    `min_interval` seconds, taking all that is waiting at once: one batch of metrics and only
+    the newest checkpoint. Epochs longer than that are each written as they end; the
+    millisecond epochs of frozen mode are written together instead of costing a database
+    transaction each. The checkpoint is a copy taken at the epoch's end, since training goes on
+    changing the weights. `close()` writes what is queued and raises what failed."""
+
+    def __init__(self, checkpoint_dir: Path | None = None, min_interval: float = 1.0):
+        run = mlflow.active_run()
+        self.run_id = run.info.run_id
+        self.client = MlflowClient()
+        self.checkpoint_dir = checkpoint_dir
+        parsed = urlparse(run.info.artifact_uri)
+        # A store on this machine's disk is written in place (one write, atomic rename);
+        # any other goes through MLflow's upload.
+        self.local_artifacts = Path(parsed.path) if parsed.scheme in ("", "file") else None
+        # A run killed after logging an epoch's metrics but before its checkpoint repeats that
+        # epoch when resumed (identically: training is deterministic); its numbers are not
+        # logged twice. Each batch is one transaction, so a step has all its metrics or none.
+        self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "val_loss")}
+        self.min_interval = min_interval
+        self.closing = threading.Event()
+        self.queue: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._work, name="epoch-recorder", daemon=True)
+        self.thread.start()
+
+    def __call__(self, stats, state, make_checkpoint) -> None:
+        import torch
+
+        if self.error is not None:
+            raise self.error
+        snapshot = _detach(make_checkpoint(), torch) if self.checkpoint_dir is not None else None
+        self.queue.put((stats, snapshot))
+
+    def _work(self) -> None:
+        while True:
+            items = [self.queue.get()]
+            if items[0] is not None:
+                self.closing.wait(self.min_interval)  # let quick epochs gather
+            while not self.queue.empty():
+                items.append(self.queue.get())
+            closing = items[-1] is None
+            items = [item for item in items if item is not None]
+            if items and self.error is None:
+                try:
+                    self._write(items)
+                except BaseException as e:  # raised in the training thread, at its next call or close()
+                    self.error = e
+            if closing:
+                return
+
+    def _write(self, items: list) -> None:
+        import torch
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(name, float(getattr(stats, name)), now, stats.epoch)
+            for stats, _ in items if stats.epoch not in self.logged_steps for name in EPOCH_METRICS
+        ]
+        for start in range(0, len(metrics), 996):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + 996])
+        snapshot = next((snap for _, snap in reversed(items) if snap is not None), None)
+        if snapshot is None:
+            return
+        if self.local_artifacts is not None:
+            folder = self.local_artifacts / "checkpoints"
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(snapshot, folder / "last.pt.tmp")
+            os.replace(folder / "last.pt.tmp", folder / "last.pt")
+        else:
+            torch.save(snapshot, self.checkpoint_dir / "last.pt")
+            self.client.log_artifact(self.run_id, str(self.checkpoint_dir / "last.pt"), "checkpoints")
+
+    def close(self) -> None:
+        self.closing.set()
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _detach(value, torch):
+    """A deep copy of a checkpoint's tensors (and the dicts and lists that hold them)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _detach(v, torch) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_detach(v, torch) for v in value]
+    return value

@@ -23,6 +23,7 @@ import optuna
 from sqlalchemy.engine import make_url
 
 from pipeline.config import UserError
+from pipeline.sqlite_lock import sqlite_setup_lock
 
 # Our own lines say what each trial did; Optuna's would repeat them.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -86,6 +87,11 @@ def pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
 def open_study(name: str, url: str, *, seed: int, pruner_kind: str, epochs: int, lr_range: tuple[float, float], settings: dict[str, str], n_trials: int) -> optuna.Study:
     """Create the study, or load it to add trials. A study is bound to the settings its trials
     were trained with; loading it with others would mix incomparable trials, so it is refused."""
+    with sqlite_setup_lock(url):  # creating, then seeding, is one step for workers sharing a file
+        return _open_study(name, url, seed=seed, pruner_kind=pruner_kind, epochs=epochs, lr_range=lr_range, settings=settings, n_trials=n_trials)
+
+
+def _open_study(name: str, url: str, *, seed: int, pruner_kind: str, epochs: int, lr_range: tuple[float, float], settings: dict[str, str], n_trials: int) -> optuna.Study:
     rdb = storage(url)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
     settings = {**settings, "lr_range": f"{lr_range[0]:g},{lr_range[1]:g}"}

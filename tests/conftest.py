@@ -13,11 +13,20 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from pipeline.data.synthetic import write_demo
+from pipeline.experiment import EXPERIMENT_KIND_TAGS, EXPERIMENT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 KERMANY = ROOT.parent / "shared" / "data" / "kermany-2400"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The workers share the cores: each gets its share of torch threads, for the commands it
+    # starts too, rather than every worker running as many threads as there are cores.
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +46,10 @@ def store(tmp_path, monkeypatch):
     for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
         monkeypatch.delenv(var, raising=False)
     mlflow.set_tracking_uri(uri)
+    # The experiment, made here with its artifacts in the scratch folder: a SQLite store would
+    # otherwise put them in ./mlruns of the working folder, the project's.
+    experiment_id = mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=(tmp_path / "artifacts").as_uri(), tags=EXPERIMENT_KIND_TAGS)
+    assert experiment_id
     yield uri
     while mlflow.active_run():
         mlflow.end_run()

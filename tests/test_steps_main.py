@@ -3,7 +3,9 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.steps.train import EPOCH_METRICS
+from pipeline.config import DataConfig, FitConfig, MainConfig, ModelConfig
+from pipeline.steps import main
+from pipeline.tracking import EPOCH_METRICS
 
 from conftest import make_dataset, mlflow_run, runs_of
 
@@ -61,9 +63,15 @@ def test_main_runs_prepare_tune_train_evaluate_as_children_and_reuses_them(store
 
 
 def test_explicit_lr_skips_tuning(store, main_params):
-    result = mlflow_run("main", {**main_params, "lr": "0.003", "epochs": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    (parent,) = runs_of("main")
-    steps = {r.data.tags["step"]: r for r in children(parent.info.run_id)}
+    data = DataConfig(data_dir=main_params["data_dir"], image_size=32)
+    outcome = main.run(data, ModelConfig("resnet18", True, "none"), FitConfig(epochs=1, batch_size=8, lr=0.003), MainConfig(tune_trials=3))
+    steps = {r.data.tags["step"]: r for r in children(outcome.run_id)}
     assert set(steps) == {"prepare", "train", "evaluate"}
     assert steps["train"].data.params["lr"] == "0.003"
+
+
+def test_no_tuning_when_tune_trials_is_0(store, main_params):
+    data = DataConfig(data_dir=main_params["data_dir"], image_size=32)
+    outcome = main.run(data, ModelConfig("resnet18", True, "none"), FitConfig(epochs=1, batch_size=8), MainConfig(tune_trials=0))
+    steps = {r.data.tags["step"]: r for r in children(outcome.run_id)}
+    assert "tune" not in steps and steps["train"].data.params["lr"] == "0.001"  # the frozen default

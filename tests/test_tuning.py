@@ -1,4 +1,6 @@
 import math
+import multiprocessing
+from pathlib import Path
 
 import optuna
 import pytest
@@ -57,3 +59,20 @@ def test_a_study_where_nothing_completed_says_so(tmp_path):
     study.optimize(prune, n_trials=2)
     with pytest.raises(UserError, match="no trial of study 's' completed"):
         summarise(study)
+
+
+def open_shared_study(folder: str) -> str:
+    try:
+        make(Path(folder))
+        return "ok"
+    except UserError as e:
+        return str(e)
+
+
+def test_workers_starting_together_on_a_new_sqlite_file_all_open_one_seeded_study(tmp_path):
+    # Without the setup lock, some of them fail creating the tables ("table ... already exists").
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        outcomes = pool.map(open_shared_study, [str(tmp_path)] * 6)
+    assert outcomes == ["ok"] * 6
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
+    assert len(study.trials) == 4 and study.user_attrs["settings"]["image_size"] == "32"  # one grid

@@ -28,8 +28,6 @@ from pipeline.data import Preparation
 from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, setup_training, train_classifier
 from pipeline.steps.prepare import data_params
 
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")
-
 
 @dataclass
 class Trained:
@@ -42,10 +40,6 @@ class Trained:
 def resolve_lr(fit: FitConfig, mode: str, tuned: float | None = None) -> float:
     """An explicit lr wins; `auto` takes the tuned value where tuning ran, else the mode's default."""
     return fit.lr or tuned or DEFAULT_LR[mode]
-
-
-def log_epoch(stats: EpochStats) -> None:
-    mlflow.log_metrics({name: getattr(stats, name) for name in EPOCH_METRICS}, step=stats.epoch)
 
 
 def epoch_line(stats: EpochStats, epochs: int) -> str:
@@ -90,7 +84,7 @@ def resume(run_id: str) -> Trained:
     try:
         checkpoint_file = tracking.download(run_id, "checkpoints/last.pt")
     except Exception:
-        raise UserError(f"run {run_id} has no checkpoints/last.pt: it stopped before its first epoch ended; start it again") from None
+        raise UserError(f"run {run_id} has no checkpoints/last.pt: it stopped before the first epoch's checkpoint was stored; start it again") from None
     checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
     tracking.retire_pending_run(run_id)
     setup = setup_training(data, model_cfg, fit)
@@ -112,18 +106,19 @@ def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> 
     if features:
         mlflow.set_tag("features_cached", str(features.cached).lower())
     checkpoint_dir = Path(tempfile.mkdtemp())
+    recorder = tracking.EpochRecorder(checkpoint_dir)
 
     def on_epoch(stats: EpochStats, state: FitState, make_checkpoint) -> None:
-        log_epoch(stats)
-        # Metrics first, then the checkpoint: a resumed run never skips an epoch's numbers.
-        torch.save(make_checkpoint(), checkpoint_dir / "last.pt")
-        tracking.log_file(checkpoint_dir / "last.pt", "checkpoints")
+        recorder(stats, state, make_checkpoint)
         print(epoch_line(stats, fit.epochs), flush=True)
 
-    state = train_classifier(
-        model, setup.prep.data, fit, lr, setup.device, setup.data.seed,
-        features=features.splits if features else None, on_epoch=on_epoch, checkpoint=checkpoint,
-    )
+    try:
+        state = train_classifier(
+            model, setup.prep.data, fit, lr, setup.device, setup.data.seed,
+            features=features.splits if features else None, on_epoch=on_epoch, checkpoint=checkpoint,
+        )
+    finally:
+        recorder.close()  # what finished epochs logged is in the store, even after Ctrl-C
     best = state.best
     mlflow.log_metrics({
         "train_time_s": extraction_s + state.train_time_s,

@@ -1,0 +1,32 @@
+"""One process at a time where a SQLite database is set up.
+
+Opening a new SQLite store creates its tables (MLflow's and Optuna's alike), and a new study is
+created and then seeded; two workers starting together on one file would race ("table already
+exists", a study loaded before its settings are written). A file lock in the temporary
+folder, keyed by the database's path, makes them take turns. Servers need none: their
+databases handle concurrent setup themselves, and other URLs pass straight through.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def sqlite_setup_lock(url: str) -> Iterator[None]:
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(url.removeprefix("sqlite:///")).resolve()
+    lock = Path(tempfile.gettempdir()) / f"cxr-transfer-{hashlib.sha256(str(database).encode()).hexdigest()[:16]}.lock"
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
