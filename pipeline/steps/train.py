@@ -97,7 +97,7 @@ def resume(run_id: str) -> Trained:
 
 
 def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> str:
-    fit, model_cfg = setup.fit, setup.model
+    fit = setup.fit
     model = setup.new_model()
     features = setup.features(model)
     # A frozen configuration's cost includes extracting its features, whether that happened
@@ -117,9 +117,15 @@ def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> 
             model, setup.prep.data, fit, lr, setup.device, setup.data.seed,
             features=features.splits if features else None, on_epoch=on_epoch, checkpoint=checkpoint,
         )
+        # The recorder's last write goes on beside the summary, the plot and the model export.
+        return _log_outcome(setup, model, state, extraction_s, checkpoint_dir)
     finally:
         recorder.close()  # what finished epochs logged is in the store, even after Ctrl-C
-    best = state.best
+
+
+def _log_outcome(setup: TrainingSetup, model, state: FitState, extraction_s: float, checkpoint_dir: Path) -> str:
+    """The run's summary metrics and tags, learning curves, best weights and logged model."""
+    model_cfg, best = setup.model, state.best
     mlflow.log_metrics({
         "train_time_s": extraction_s + state.train_time_s,
         "feature_extraction_s": extraction_s,
