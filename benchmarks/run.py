@@ -13,7 +13,8 @@
 3. tuning: a 20-trial frozen study (the tune step, MLflow tracking included) against one
    frozen train step (also tracked, model export included), features cold for both.
 4. tracking overhead: epochs with the train step's MLflow recording (metrics and checkpoint)
-   against the same epochs without.
+   against the same epochs without; beside it, the write still pending after the last epoch,
+   which the train step does while it exports the model.
 Prints a table and adds it, with the machine, the command and the date, to RESULTS.md.
 """
 
@@ -181,24 +182,28 @@ def tracking_overhead(bench: Bench, backbone: str, frozen: bool, epochs: int, im
         setup = replace(setup, prep=replace(setup.prep, data=subset))
     features = setup.features(setup.new_model())
 
-    blocking = []  # seconds the training thread spends in the recorder (copies, queueing, close)
+    blocking = []  # seconds the training thread spends in the recorder (copying, queueing)
+    during = []  # seconds of the recorder's writes that began before the last epoch ended
+    after = []  # the rest: the train step does them while it exports the model
 
     def fit_once(record: bool) -> float:
         model = setup.new_model()
         with tracking.step_run("train", backbone, model_cfg.mode, name="tracking-overhead"):
-            recorder = tracking.EpochRecorder(Path(tempfile.mkdtemp())) if record else None
+            recorder = _TimedRecorder(Path(tempfile.mkdtemp())) if record else None
 
             def on_epoch(stats, state, make_checkpoint):
                 spent, _ = timed(lambda: recorder(stats, state, make_checkpoint))
                 blocking.append(spent)
 
+            start = time.perf_counter()
             seconds, state = timed(lambda: train_classifier(model, setup.prep.data, fit, 1e-3, setup.device, 0,
                                                             features=features.splits if features else None,
                                                             on_epoch=on_epoch if record else None))
             if recorder is not None:
-                close_s, _ = timed(recorder.close)
-                blocking.append(close_s)
-                seconds += close_s
+                recorder.close()
+                end = start + seconds
+                during.append(sum(s for began, s in recorder.writes if began < end))
+                after.append(sum(s for began, s in recorder.writes if began >= end))
         return seconds
 
     fit_once(False)  # warm-up: first-run allocations favour neither side
@@ -207,8 +212,27 @@ def tracking_overhead(bench: Bench, backbone: str, frozen: bool, epochs: int, im
         for record in (False, True):
             times[record].append(fit_once(record))
     without, with_ = min(times[False]), min(times[True])
+    share = lambda seconds: 100 * sum(seconds) / repeats / without  # noqa: E731
     return {"epoch_s": without / epochs, "overhead_pct": 100 * (with_ - without) / without, "repeats": repeats,
-            "blocking_pct": 100 * sum(blocking) / repeats / without}
+            "blocking_pct": share(blocking), "during_pct": share(during), "after_ms": 1000 * sum(after) / repeats,
+            # What recording can take from the epochs at most: the training thread's own time in
+            # it, plus every write made meanwhile, as if each stole its whole time from training.
+            "bound_pct": share(blocking) + share(during)}
+
+
+class _TimedRecorder(tracking.EpochRecorder):
+    """The train step's recorder, noting when each write began and how long it took."""
+
+    def __init__(self, checkpoint_dir: Path):
+        self.writes: list[tuple[float, float]] = []
+        super().__init__(checkpoint_dir)
+
+    def _write(self, items: list) -> None:
+        began = time.perf_counter()
+        try:
+            super()._write(items)
+        finally:
+            self.writes.append((began, time.perf_counter() - began))
 
 
 class _Subset:
@@ -273,9 +297,11 @@ def main() -> None:
     print("3/4 tuning ...", flush=True)
     results["tuning"] = tuning_against_training(bench, work)
     print("4/4 tracking overhead ...", flush=True)
-    # A whole training split per epoch (the overhead is per epoch, so its share depends on
-    # the epoch's length), alternated twice; frozen epochs take milliseconds, so more repeats.
-    results["overhead_finetune"] = tracking_overhead(bench, bench.finetune_backbone, False, 1, None, 2)
+    # Two epochs, so that the first one's write (a second after it ends) falls in the second,
+    # as in any longer training; 800 images per epoch on a CPU (the share of the per-epoch cost
+    # grows as epochs shorten, so this errs high), alternated twice. Frozen epochs take
+    # milliseconds, so more repeats.
+    results["overhead_finetune"] = tracking_overhead(bench, bench.finetune_backbone, False, 2, None if args.full else 800, 2)
     results["overhead_frozen"] = tracking_overhead(bench, bench.frozen_backbone, True, bench.epochs, None, 5)
 
     command = "python benchmarks/run.py" + "".join(f" {a}" for a in sys.argv[1:])
@@ -290,19 +316,14 @@ def main() -> None:
 def render(r: dict, bench: Bench, prep, prep_s: float, command: str) -> str:
     f, ft, t, of, oz = r["frozen"], r["finetune"], r["tuning"], r["overhead_finetune"], r["overhead_frozen"]
     device = setup_device_name(bench)
-    ok = lambda met: "met" if met else "NOT met"  # noqa: E731
     rows = [
         ("frozen, {e} epochs ({b}): pipeline vs tutorial loop".format(e=bench.epochs, b=bench.frozen_backbone),
-         f"{f['speedup']:.1f} x faster ({f['pipeline_s']:.1f} s vs {f['tutorial_s']:.1f} s)", ">= 8 x", ok(f["speedup"] >= 8)),
+         f"{f['speedup']:.1f} x faster ({f['pipeline_s']:.1f} s vs {f['tutorial_s']:.1f} s)", ">= 8 x", verdict(f["speedup"] >= 8)),
         (f"fine-tune ({bench.finetune_backbone}, {ft['images']} images): pipeline / ceiling images per second",
-         f"{ft['ratio']:.2f} ({ft['pipeline_img_s']:.1f} vs {ft['ceiling_img_s']:.1f} img/s)", ">= 0.9", ok(ft["ratio"] >= 0.9)),
+         f"{ft['ratio']:.2f} ({ft['pipeline_img_s']:.1f} vs {ft['ceiling_img_s']:.1f} img/s)", ">= 0.9", verdict(ft["ratio"] >= 0.9)),
         (f"tuning: {bench.trials} frozen trials / one frozen train step",
-         f"{t['ratio_to_one_run']:.2f} ({t['tune_s']:.1f} s vs {t['train_s']:.1f} s); {t['ratio_to_n_runs']:.3f} of {bench.trials} runs", "<= 2", ok(t["ratio_to_one_run"] <= 2)),
-        (f"tracking overhead, fine-tune epoch ({bench.finetune_backbone}, {of['epoch_s']:.1f} s): best of {of['repeats']} with vs without; "
-         "time the training thread spends recording",
-         f"{of['overhead_pct']:+.2f} %; {of['blocking_pct']:.2f} %", "<= 2 %", ok(max(of["overhead_pct"], of["blocking_pct"]) <= 2)),
-        (f"tracking overhead, frozen epoch ({1000 * oz['epoch_s']:.0f} ms, {bench.epochs} epochs): best of {oz['repeats']}; recording thread time",
-         f"{oz['overhead_pct']:+.1f} %; {oz['blocking_pct']:.1f} %", "<= 2 %", ok(max(oz["overhead_pct"], oz["blocking_pct"]) <= 2)),
+         f"{t['ratio_to_one_run']:.2f} ({t['tune_s']:.1f} s vs {t['train_s']:.1f} s); {t['ratio_to_n_runs']:.3f} of {bench.trials} runs", "<= 2", verdict(t["ratio_to_one_run"] <= 2)),
+        *(overhead_row(kind, o, bench) for kind, o in (("fine-tune", of), ("frozen", oz))),
     ]
     lines = [
         f"## {date.today().isoformat()}, {device}",
@@ -314,8 +335,11 @@ def render(r: dict, bench: Bench, prep, prep_s: float, command: str) -> str:
         f"- frozen val accuracy after {bench.epochs} epochs: pipeline {f['pipeline_val_acc']:.3f}, tutorial loop {f['tutorial_val_acc']:.3f} "
         "(with random weights the tutorial's raw features are tiny and its head barely moves; the pipeline standardises them: "
         "a difference of method, not of speed)",
-        "- the with/without difference of a fine-tune epoch is within this machine's run-to-run noise (a few %); "
-        "the recording thread's own time is the steadier figure",
+        "- tracking overhead: the with/without difference swings by several % either way between identical runs on "
+        "this shared machine, so the target is judged on the steadier bound: the training thread's own time in the "
+        "recorder plus every write made during the epochs, counted in full (on 2 cores the writing thread competes "
+        "with training). The recorder writes at most once a second, so frozen epochs' metrics and checkpoint are "
+        "written after the last epoch, while the train step plots and exports the model (15-20 s here)",
         "",
         "| measure | result | target | |",
         "|---|---|---|---|",
@@ -323,6 +347,22 @@ def render(r: dict, bench: Bench, prep, prep_s: float, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def overhead_row(kind: str, o: dict, bench: Bench) -> tuple[str, str, str, str]:
+    epoch = f"{o['epoch_s']:.1f} s" if o["epoch_s"] >= 1 else f"{1000 * o['epoch_s']:.0f} ms"
+    backbone = bench.finetune_backbone if kind == "fine-tune" else bench.frozen_backbone
+    return (
+        f"tracking overhead, {kind} ({backbone}, {epoch} epochs): bound (training thread + writes during the epochs); "
+        f"with vs without, best of {o['repeats']}; writes after the last epoch",
+        f"{o['bound_pct']:.2f} % ({o['blocking_pct']:.2f} + {o['during_pct']:.2f}); {o['overhead_pct']:+.1f} %; {o['after_ms']:.0f} ms",
+        "<= 2 %",
+        verdict(o["bound_pct"] <= 2),
+    )
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
 def setup_device_name(bench: Bench) -> str:
