@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import pytest
@@ -20,6 +21,11 @@ from pipeline.experiment import EXPERIMENT_KIND_TAGS, EXPERIMENT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 KERMANY = ROOT.parent / "shared" / "data" / "kermany-2400"
+
+# Tests talk only to servers they start on this machine: never through a proxy (for the commands
+# they start too), and `local_urlopen` refuses any other host.
+os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(filter(None, (os.environ.get("NO_PROXY"), "127.0.0.1", "localhost")))
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # The workers share the cores: each gets its share of torch threads, for the commands it
@@ -104,12 +110,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def local_urlopen(request: str | urllib.request.Request, timeout: float):
+    url = request.full_url if isinstance(request, urllib.request.Request) else request
+    if urlparse(url).hostname not in ("127.0.0.1", "localhost"):
+        raise AssertionError(f"tests reach only servers they start on this machine, not {url}")
+    return _DIRECT.open(request, timeout=timeout)
+
+
 def wait_for_server(url: str, process: subprocess.Popen, seconds: float, log: Path | None = None) -> None:
     """Poll `url` until it answers; fail with the server's log if the process dies or time runs out."""
     deadline = time.time() + seconds
     while True:
         try:
-            urllib.request.urlopen(url, timeout=2)
+            local_urlopen(url, timeout=2)
             return
         except OSError:
             if process.poll() is not None or time.time() > deadline:

@@ -15,7 +15,7 @@ import pytest
 from pipeline.config import DataConfig, FitConfig, ModelConfig, PredictConfig
 from pipeline.steps import predict, train
 
-from conftest import ROOT, error_lines, free_port, make_dataset, pipeline_cli, wait_for_server
+from conftest import ROOT, error_lines, free_port, local_urlopen, make_dataset, pipeline_cli, wait_for_server
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_mlflow_models_serve_answers_a_base64_image_with_a_probability(trained):
         image = base64.b64encode(sorted((data / "test" / "NORMAL").iterdir())[0].read_bytes()).decode()
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image], ["@@not base64@@"]]}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
-        answer = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        answer = json.loads(local_urlopen(request, timeout=60).read())
         good, bad = answer["predictions"]
         assert 0 <= good["probability"] <= 1 and good["label"] in ("NORMAL", "PNEUMONIA") and good["error"] is None
         assert bad["probability"] is None and bad["error"] == "not valid base64"
