@@ -141,7 +141,7 @@ def domain_auc(train_features: np.ndarray, test_features: np.ndarray, seed: int 
 def label_noise_candidates(predictions: dict[str, list[dict]], positive: str, confidence: float = 0.8) -> list[dict]:
     """Test images every model gets wrong, each with at least `confidence` in the wrong class.
     `predictions`: model name -> rows with `file`, `true_label`, `probability` (of `positive`)."""
-    by_file: dict[str, list[tuple[str, float]]] = defaultdict(list)
+    by_file: dict[str, list[float]] = defaultdict(list)
     truth = {}
     for rows in predictions.values():
         for r in rows:
@@ -159,7 +159,7 @@ def label_noise_candidates(predictions: dict[str, list[dict]], positive: str, co
 
 def error_breakdown(models: dict[str, dict[str, float]]) -> dict[str, dict]:
     """Per model: false positives and negatives on test, and the validation - test gap (points).
-    `models`: name -> metrics with val_acc, test_acc and counts fp, fn, n_test."""
+    `models`: name -> val_acc, test_acc and the test counts fp, fn."""
     return {
         name: {
             "false_positives": int(m["fp"]),

@@ -270,7 +270,8 @@ class EpochRecorder:
     the newest checkpoint. Epochs longer than that are each written as they end; the
     millisecond epochs of frozen mode are written together instead of costing a database
     transaction each. The checkpoint is a copy taken at the epoch's end, since training goes on
-    changing the weights. `close()` writes what is queued and raises what failed."""
+    changing the weights. `close()` (or leaving a `with` block) writes what is queued and
+    raises what failed, unless the block is already ending on an error of its own."""
 
     def __init__(self, checkpoint_dir: Path | None = None, min_interval: float = 1.0):
         run = mlflow.active_run()
@@ -346,6 +347,16 @@ class EpochRecorder:
         self.thread.join()
         if self.error is not None:
             raise self.error
+
+    def __enter__(self) -> "EpochRecorder":
+        return self
+
+    def __exit__(self, error_type, *_) -> None:
+        try:
+            self.close()  # what finished epochs logged is in the store, even after Ctrl-C
+        except Exception:
+            if error_type is None:
+                raise
 
 
 def _detach(value, torch):

@@ -46,6 +46,7 @@ def test_predict_on_a_folder_reports_broken_files_per_file(trained, tmp_path):
     assert ((good["p_NORMAL"] + good["p_PNEUMONIA"]).round(5) == 1).all()
     assert (good["probability"] == good["p_PNEUMONIA"]).all()
     assert "3 images" in result.stdout and "1 unreadable" in result.stdout and "broken.jpeg" in result.stdout
+    assert "1 other files ignored: notes.txt (not an image extension (.txt))" in result.stdout
 
 
 def test_threshold_moves_the_calls(trained, tmp_path):

@@ -77,6 +77,21 @@ def test_a_failing_write_is_raised_not_lost(store, tmp_path):
             recorder.close()
 
 
+def test_a_with_block_keeps_its_own_error_over_the_recorders(store, tmp_path):
+    with tracking.step_run("train", "resnet18", "finetune") as run:
+        artifacts = Path(urlparse(run.info.artifact_uri).path)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / "checkpoints").write_text("a file where the checkpoint folder should be")
+        with pytest.raises(OSError):  # a clean exit raises what the recorder's thread met
+            with tracking.EpochRecorder(tmp_path) as recorder:
+                recorder(Stats(1), None, lambda: {"w": torch.zeros(1)})
+        with pytest.raises(KeyError, match="training failed"):  # the block's own error is not masked
+            with tracking.EpochRecorder(tmp_path) as recorder:
+                recorder(Stats(1), None, lambda: {"w": torch.zeros(1)})
+                raise KeyError("training failed")
+        assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")] == [1]
+
+
 def test_ui_hint_for_a_local_store_and_a_server(store, monkeypatch):
     assert "mlflow ui --backend-store-uri sqlite:///" in tracking.ui_hint("7") and "#/experiments/7/runs" in tracking.ui_hint("7")
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://tracking:5000/")

@@ -170,7 +170,7 @@ def list_folder(root: Path, val_fraction: float, seed: int) -> Listing:
         for label in classes:
             for file in sorted(p for p in (split_dir / label).rglob("*") if p.is_file()):
                 rel = file.relative_to(root).as_posix()
-                reason = _ignore_reason(file)
+                reason = ignore_reason(file)
                 if reason:
                     ignored.append((rel, reason))
                 else:
@@ -190,7 +190,8 @@ def _nested_layout_hint(root: Path) -> str:
     return ""
 
 
-def _ignore_reason(file: Path) -> str | None:
+def ignore_reason(file: Path) -> str | None:
+    """Why a file is not taken as an image (hidden, system or other file), or None."""
     name = file.name
     if name.startswith("."):
         return "hidden file"

@@ -27,7 +27,7 @@ from pipeline import analysis, plots, report, tracking
 from pipeline.config import CompareConfig, DataConfig, FitConfig, MainConfig, ModelConfig, TuneConfig, UserError, as_params, from_params
 from pipeline.data import Preparation, prepare_dataset
 from pipeline.engine import setup_training
-from pipeline.metrics import POSITIVE_CLASS
+from pipeline.metrics import positive_index
 from pipeline.steps import prepare
 from pipeline.steps.main import run_configuration
 
@@ -95,8 +95,7 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
 
 
 def positive_label(prep: Preparation) -> str:
-    classes = prep.data.classes
-    return POSITIVE_CLASS if POSITIVE_CLASS in classes else classes[-1]
+    return prep.data.classes[positive_index(prep.data.classes)]
 
 
 def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit: FitConfig, cmp: CompareConfig) -> dict:

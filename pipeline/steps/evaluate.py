@@ -105,7 +105,7 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
             **{f"test_{k}_at_val_threshold": at_val[k] for k in ("acc", "sensitivity", "specificity")},
         }
         mlflow.log_metrics(metrics)
-        _log_figures(labels, probs, classes, threshold, f"{backbone} ({mode})")
+        _log_figures(labels, probs, classes, scores, threshold, f"{backbone} ({mode})")
         for split in ("val", "test"):
             tracking.log_text(_predictions_csv(data.files(split), labels[split], probs[split], classes, threshold), f"predictions/{split}.csv")
     print(
@@ -116,7 +116,7 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
     return Evaluated(active.info.run_id, metrics, reused=False)
 
 
-def _log_figures(labels, probs, classes, threshold, title) -> None:
+def _log_figures(labels, probs, classes, scores, threshold, title) -> None:
     pos = positive_index(classes)
     matrix = confusion_matrix(labels["test"], probs["test"].argmax(1), labels=list(range(len(classes))))
     figure = plots.confusion_matrix(matrix, classes, f"test set, {title}")
@@ -125,7 +125,7 @@ def _log_figures(labels, probs, classes, threshold, title) -> None:
     curves = {}
     for split in ("val", "test"):
         fpr, tpr, _ = roc_curve(labels[split] == pos, probs[split][:, pos])
-        curves[split] = (fpr, tpr, score(labels[split], probs[split], classes)["auc"])
+        curves[split] = (fpr, tpr, scores[split]["auc"])
     figure = plots.roc_curves(curves, f"ROC, {title}; validation threshold {threshold:.3f}")
     tracking.log_figure(figure, "plots/roc_curve.png")
     plots.close(figure)

@@ -21,24 +21,28 @@ import pandas as pd
 
 from pipeline import tracking
 from pipeline.config import PredictConfig, UserError
-from pipeline.data.sources import IMAGE_EXTENSIONS, SYSTEM_FILES
+from pipeline.data.sources import IMAGE_EXTENSIONS, ignore_reason
 
 BATCH = 64
 
 
-def input_files(location: str) -> list[Path]:
+def input_files(location: str) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The images to classify, and the other files found with why each was left out."""
     path = Path(location).expanduser()
     if not location or not path.exists():
         raise UserError(f"input {location!r} does not exist; give an image file or a folder of images")
     if path.is_file():
-        return [path]
-    files = sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in SYSTEM_FILES and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+        return [path], []
+    files, ignored = [], []
+    for p in sorted(p for p in path.rglob("*") if p.is_file()):
+        reason = ignore_reason(p)
+        if reason:
+            ignored.append((p, reason))
+        else:
+            files.append(p)
     if not files:
         raise UserError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {location}")
-    return files
+    return files, ignored
 
 
 def load(model_uri: str):
@@ -62,7 +66,7 @@ def predict(model, files: list[Path], root: Path, threshold: float) -> pd.DataFr
 
 
 def run(config: PredictConfig) -> pd.DataFrame:
-    files = input_files(config.input)
+    files, ignored = input_files(config.input)
     model = load(config.model_uri)
     root = Path(config.input).expanduser()
     with tracking.step_run("predict"):
@@ -72,12 +76,15 @@ def run(config: PredictConfig) -> pd.DataFrame:
         output.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(output, index=False)
         unreadable = int(table["error"].notna().sum())
-        mlflow.log_metrics({"n_images": len(table), "n_unreadable": unreadable})
+        mlflow.log_metrics({"n_images": len(table), "n_unreadable": unreadable, "n_ignored": len(ignored)})
         tracking.log_file(output, "predictions")
     counts = table["label"].value_counts().to_dict()
     print(f"{len(table)} images -> {output}: " + ", ".join(f"{n} {label}" for label, n in counts.items()) + f"; {unreadable} unreadable")
     for _, row in table[table["error"].notna()].iterrows():
         print(f"  {row['file']}: {row['error']}")
+    if ignored:
+        print(f"{len(ignored)} other files ignored: " + ", ".join(f"{p.relative_to(root)} ({reason})" for p, reason in ignored[:10])
+              + (", ..." if len(ignored) > 10 else ""))
     return table
 
 

@@ -106,21 +106,18 @@ def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> 
     if features:
         mlflow.set_tag("features_cached", str(features.cached).lower())
     checkpoint_dir = Path(tempfile.mkdtemp())
-    recorder = tracking.EpochRecorder(checkpoint_dir)
+    with tracking.EpochRecorder(checkpoint_dir) as recorder:
 
-    def on_epoch(stats: EpochStats, state: FitState, make_checkpoint) -> None:
-        recorder(stats, state, make_checkpoint)
-        print(epoch_line(stats, fit.epochs), flush=True)
+        def on_epoch(stats: EpochStats, state: FitState, make_checkpoint) -> None:
+            recorder(stats, state, make_checkpoint)
+            print(epoch_line(stats, fit.epochs), flush=True)
 
-    try:
         state = train_classifier(
             model, setup.prep.data, fit, lr, setup.device, setup.data.seed,
             features=features.splits if features else None, on_epoch=on_epoch, checkpoint=checkpoint,
         )
         # The recorder's last write goes on beside the summary, the plot and the model export.
         return _log_outcome(setup, model, state, extraction_s, checkpoint_dir)
-    finally:
-        recorder.close()  # what finished epochs logged is in the store, even after Ctrl-C
 
 
 def _log_outcome(setup: TrainingSetup, model, state: FitState, extraction_s: float, checkpoint_dir: Path) -> str:

@@ -116,15 +116,10 @@ class Objective:
             with tracking.step_run("tune", s.model.backbone, s.model.mode, name=name, killed_on=(optuna.TrialPruned,)):
                 mlflow.set_tags({"trial": str(trial.number), "study_name": trial.study.study_name})
                 mlflow.log_params({"lr": f"{lr:.6g}", "trial": str(trial.number)})
-                recorder = tracking.EpochRecorder()
                 model = s.new_model()
                 features = s.features(model)
                 if features is not None and self.features_cached is None:
                     self.extraction_s, self.features_cached = features.extraction_s, features.cached
-
-                def on_epoch(stats: EpochStats, state, make_checkpoint) -> None:
-                    recorder(stats, state, make_checkpoint)
-                    trial.report(stats.val_loss, stats.epoch)
 
                 def should_stop(stats: EpochStats) -> bool:
                     if not math.isfinite(stats.val_loss):  # diverged: no later epoch will mend it
@@ -133,13 +128,16 @@ class Objective:
                         raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
                     return False
 
-                try:
+                with tracking.EpochRecorder() as recorder:
+
+                    def on_epoch(stats: EpochStats, state, make_checkpoint) -> None:
+                        recorder(stats, state, make_checkpoint)
+                        trial.report(stats.val_loss, stats.epoch)
+
                     state = train_classifier(
                         model, s.prep.data, s.fit, lr, s.device, s.data.seed,
                         features=features.splits if features else None, on_epoch=on_epoch, should_stop=should_stop,
                     )
-                finally:
-                    recorder.close()
                 mlflow.log_metrics({"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch})
         except optuna.TrialPruned as e:
             print(f"trial {trial.number}: lr {lr:.3g} -> {e}", flush=True)
