@@ -93,9 +93,19 @@ def learning_rate(name: str, value: str) -> float | None:
     if value.strip().lower() == "auto":
         return None
     try:
-        return number(0.0, 10.0)(name, value)
+        return number(0.0, 1e6, high_open=False)(name, value)
     except UserError:
-        raise UserError(f"{name} must be 'auto' or a number in (0, 10), got {value!r}") from None
+        raise UserError(f"{name} must be 'auto' or a number in (0, 1e6], got {value!r}") from None
+
+
+def seed_or_auto(name: str, value: str) -> int | None:
+    """`auto` (None: the data seed) or a seed."""
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return integer(0, 2**31 - 1)(name, value)
+    except UserError:
+        raise UserError(f"{name} must be 'auto' or an integer from 0 to {2**31 - 1}, got {value!r}") from None
 
 
 def lr_range(name: str, value: str) -> tuple[float, float] | None:
@@ -189,7 +199,8 @@ DEFAULT_PATIENT_PATTERN = r"^(?P<patient>person\d+_(?:bacteria|virus)|(?:NORMAL2
 class DataConfig:
     data_dir: str = option("", text, "Kaggle-layout folder, MedMNIST .npz file, or '' for the demo set")
     image_size: int = option(224, integer(16, 1024), "side of the square images the models see")
-    val_fraction: float = option(0.2, number(0.0, 1.0), "share of train/ held out as validation when there is no val/")
+    val_source: str = option("auto", choice("auto", "folder", "split"), "validation: val/ as given (folder), re-split from train/ by patient (split), or auto: val/ if it has >= 50 images of every class")
+    val_fraction: float = option(0.2, number(0.0, 0.5, high_open=False), "share of train/ held out as validation (by patient) when validation is split")
     seed: int = option(42, integer(0, 2**31 - 1), "seed of the demo set, the validation split, the model and training")
     cache_dir: str = option("", text, "where decoded images and features are cached ('' = $CXR_TRANSFER_CACHE or the user cache)")
     patient_pattern: str = option(DEFAULT_PATIENT_PATTERN, patient_pattern, "regex whose 'patient' group is a file's patient id")
@@ -218,6 +229,7 @@ class FitConfig:
     augment: bool = option(True, boolean, "fine-tune: light augmentation of training images")
     device: str = option("auto", choice("auto", "cpu", "cuda", "mps"), "auto = cuda, then mps, then cpu")
     num_threads: int = option(0, integer(0, 1024), "CPU threads for torch (0 = torch's default)")
+    train_seed: int | None = option(None, seed_or_auto, "seed of the model's initialisation and training order (auto = seed); compare's seeds vary it")
 
 
 @dataclass(frozen=True)
@@ -263,6 +275,7 @@ class CompareConfig:
     modes: tuple[str, ...] = option(("finetune", "frozen"), name_list, "comma-separated modes: frozen, finetune")
     weights: str = option("imagenet", weights_spec, "imagenet, none, or a state_dict path (every configuration)")
     report_for: str = option("", text, "run id of an earlier compare run: rebuild its report from the store, train nothing")
+    seeds: int = option(1, integer(1, 100), "train every configuration with this many training seeds (seed, seed+1, ...) and report mean +- sd")
 
 
 # -- the command line ---------------------------------------------------------------------------

@@ -103,9 +103,14 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Index batches over n items: shuffled when a generator is given, in order otherwise."""
+    """Index batches over n items: shuffled when a generator is given (training), in order
+    otherwise. A training epoch never ends on a batch of one, which batch norm cannot train on:
+    that last item joins the batch before it."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return list(order.split(batch_size))
+    parts = list(order.split(batch_size))
+    if generator is not None and len(parts) > 1 and len(parts[-1]) == 1:
+        parts[-2:] = [torch.cat(parts[-2:])]
+    return parts
 
 
 # -- frozen features --------------------------------------------------------------------------
@@ -124,28 +129,42 @@ def extract_features(model: Classifier, images: np.ndarray, batch_size: int, dev
 
 @dataclass
 class Features:
-    """Backbone features of some splits, what extracting them cost, and whether this process
-    found them all cached (in memory or on disk) rather than extracting any."""
+    """Backbone features of some splits. `extraction_s` is what extracting cost in this process,
+    now; features found cached cost `cached_extraction_s` when they were extracted, where
+    `cached_from` says (each entry's `measured_in`, as its extractor gave it)."""
 
     splits: dict[str, torch.Tensor]
     extraction_s: float
-    cached: bool
+    cached_extraction_s: float = 0.0
+    cached_from: list[dict] = field(default_factory=list)
+
+    @property
+    def cached(self) -> bool:
+        """Every split was found cached: nothing was extracted in this process now."""
+        return self.extraction_s == 0.0 and bool(self.splits)
 
 
 class FeatureCache:
     """Backbone features per split, computed once: in memory for this process (a tuning study's
-    trials), on disk for later runs, keyed by backbone, weights, data digest and image size.
-    Each split is extracted when first asked for: training needs train and val, not test."""
+    trials), on disk for later runs, keyed by all that decides them (see `TrainingSetup.feature_key`).
+    Each split is extracted when first asked for: training needs train and val, not test.
+    Each entry keeps how long its extraction took and where (`measured_in`), so a later run
+    that reuses it can say so instead of passing that time off as its own."""
 
     _memory: dict[str, dict] = {}
 
     def __init__(self, root: Path):
         self.root = root / "features"
 
-    def get_or_extract(self, key: str, model: Classifier, data: PreparedData, batch_size: int, device: Device, splits: tuple[str, ...]) -> Features:
-        found, cached = {}, True
+    def get_or_extract(
+        self, key: str, model: Classifier, data: PreparedData, batch_size: int, device: Device, splits: tuple[str, ...],
+        measured_in: dict | None = None,
+    ) -> Features:
+        found: dict[str, torch.Tensor] = {}
+        result = Features(found, 0.0)
         for split in splits:
             entry_key = f"{key}-{split}"
+            extracted_now = False
             if entry_key not in self._memory:
                 path = self.root / f"{entry_key}.pt"
                 if path.exists():
@@ -153,15 +172,21 @@ class FeatureCache:
                 else:
                     start = time.perf_counter()
                     features = extract_features(model, data.images(split), batch_size, device, desc=f"{split} features").cpu()
-                    entry = {"features": features, "extraction_s": time.perf_counter() - start}
+                    entry = {"features": features, "extraction_s": time.perf_counter() - start, "measured_in": dict(measured_in or {}, split=split)}
                     self.root.mkdir(parents=True, exist_ok=True)
                     tmp = path.with_suffix(f".{time.time_ns()}.tmp")
                     torch.save(entry, tmp)
                     tmp.replace(path)
                     self._memory[entry_key] = entry
-                    cached = False
-            found[split] = self._memory[entry_key]
-        return Features({s: e["features"] for s, e in found.items()}, sum(float(e["extraction_s"]) for e in found.values()), cached)
+                    extracted_now = True
+            entry = self._memory[entry_key]
+            found[split] = entry["features"]
+            if extracted_now:
+                result.extraction_s += float(entry["extraction_s"])
+            else:
+                result.cached_extraction_s += float(entry["extraction_s"])
+                result.cached_from.append(entry.get("measured_in", {"split": split}))
+        return result
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -253,6 +278,24 @@ def run_epoch(
 EpochCallback = Callable[[EpochStats, FitState, Callable[[], dict]], None]
 
 
+class Diverged(UserError):
+    """The loss became NaN, infinite or absurd: the weights are lost, no later epoch can mend them."""
+
+
+# A training loss above this is divergence even while it is finite: chance scores ln 2 = 0.69,
+# and a mean cross-entropy of 1,000 means the true class got probability e^-1000 on average.
+DIVERGED_LOSS = 1000.0
+
+
+def check_finite(stats: EpochStats, lr: float) -> None:
+    if math.isfinite(stats.train_loss) and math.isfinite(stats.val_loss) and stats.train_loss <= DIVERGED_LOSS:
+        return
+    raise Diverged(
+        f"training diverged at epoch {stats.epoch}: train loss {stats.train_loss}, val loss {stats.val_loss} "
+        f"at lr {lr:g}; no model was kept. Try a smaller lr (e.g. lr={lr / 10:g}) or lr=auto"
+    )
+
+
 def train_classifier(
     model: Classifier,
     data: PreparedData,
@@ -339,6 +382,7 @@ def train_classifier(
         )
         scheduler.step()
         stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, lr_now, time.perf_counter() - epoch_start)
+        check_finite(stats, lr)
         state.epoch = epoch
         state.history.append(stats)
         if val_loss < state.best_val_loss:
@@ -401,6 +445,11 @@ class TrainingSetup:
     _frozen_model: Classifier | None = None
 
     @property
+    def seed(self) -> int:
+        """Seed of the model's initialisation and training order: `train_seed`, else the data's."""
+        return self.fit.train_seed if self.fit.train_seed is not None else self.data.seed
+
+    @property
     def feature_key(self) -> str:
         d = self.prep.data
         return f"{self.model.backbone}-{self.weights.key}-{d.digest}-{d.image_size}px"
@@ -413,24 +462,25 @@ class TrainingSetup:
         if self._frozen_model is None:
             self._frozen_model = self._build()
         else:
-            init_head(self._frozen_model.head, self.data.seed)
+            init_head(self._frozen_model.head, self.seed)
         return self._frozen_model
 
     def _build(self) -> Classifier:
-        model = build_classifier(self.model.backbone, self.weights, len(self.prep.data.classes), self.model.frozen, self.data.seed)
+        model = build_classifier(self.model.backbone, self.weights, len(self.prep.data.classes), self.model.frozen, self.seed)
         check_input_size(model, self.prep.data.image_size)
         return model
 
-    def features(self, model: Classifier, splits: tuple[str, ...] = ("train", "val")) -> Features | None:
-        """Frozen mode: the backbone's features, extracted on first use, cached after."""
+    def features(self, model: Classifier, splits: tuple[str, ...] = ("train", "val"), measured_in: dict | None = None) -> Features | None:
+        """Frozen mode: the backbone's features, extracted on first use, cached after.
+        `measured_in` (e.g. the run and device) is stored with what this call extracts."""
         if not self.model.frozen:
             return None
         cache = FeatureCache(cache_root(self.data.cache_dir))
-        return cache.get_or_extract(self.feature_key, model, self.prep.data, self.fit.batch_size, self.device, splits)
+        return cache.get_or_extract(self.feature_key, model, self.prep.data, self.fit.batch_size, self.device, splits, measured_in)
 
 
 def setup_training(data: DataConfig, model: ModelConfig, fit: FitConfig, prep: Preparation | None = None) -> TrainingSetup:
     device = pick_device(fit.device, fit.num_threads)
     prep = prep or prepare_dataset(data)
-    weights = resolve_weights(model.backbone, model.weights, data.seed)
+    weights = resolve_weights(model.backbone, model.weights, fit.train_seed if fit.train_seed is not None else data.seed)
     return TrainingSetup(data, model, fit, prep, weights, device)

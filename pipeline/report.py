@@ -19,42 +19,111 @@ from pipeline import plots
 COLUMNS = [
     ("mode", "mode"),
     ("backbone", "backbone"),
-    ("lr", "tuned lr"),
+    ("lr", "lr (how chosen)"),
     ("train_acc", "train acc"),
     ("val_acc", "val acc"),
-    ("test_acc", "test acc"),
-    ("test_auc", "test AUC"),
-    ("test_sensitivity", "sensitivity"),
-    ("test_specificity", "specificity"),
+    ("test_acc", "test acc [95 % CI]"),
+    ("test_auc", "test AUC [95 % CI]"),
+    ("test_sensitivity", "sensitivity [95 % CI]"),
+    ("test_specificity", "specificity [95 % CI]"),
+    ("seeds", "test acc / AUC over seeds (mean +- sd)"),
     ("train_time_s", "training time (s)"),
+    ("features_s", "feature extraction (s)"),
     ("epochs_run", "epochs run"),
 ]
+WITH_INTERVAL = {"test_acc", "test_auc", "test_sensitivity", "test_specificity"}
+TABLE_NOTES = (
+    "Intervals: exact (Clopper-Pearson) for accuracy, sensitivity and specificity, stratified bootstrap for AUC; "
+    "two models whose intervals overlap may still differ, and the paired tests below are the ones to read. "
+    "Training time: the train run's own wall clock (loading cached features included). Feature extraction: "
+    "frozen mode's one-off cost, measured in the train run itself, or, marked *, measured earlier in the run "
+    "that extracted the features (comparison.csv names it) and reused here."
+)
 
 
-def _cell(key: str, value) -> str:
+def _cell(key: str, row: dict) -> str:
+    value = row.get(key)
+    if key == "seeds":
+        spread = row.get("seed_spread") or {}
+        if spread.get("n", 1) < 2:
+            return ""
+        return f"{spread['test_acc_mean']:.3f} +- {spread['test_acc_sd']:.3f} / {spread['test_auc_mean']:.3f} +- {spread['test_auc_sd']:.3f} (n {spread['n']})"
+    if key == "features_s":
+        if row.get("feature_extraction_s") is not None:
+            return f"{row['feature_extraction_s']:.1f}"
+        if row.get("cached_features_cost_s") is not None:
+            return f"{row['cached_features_cost_s']:.1f}*"
+        return ""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     if key == "lr":
-        return f"{value:.3g}"
+        return f"{value:.3g} ({row.get('lr_source', '?')})"
     if key == "train_time_s":
         return f"{value:.1f}"
+    if key in WITH_INTERVAL and row.get(f"{key}_ci_low") is not None:
+        return f"{value:.3f} [{row[f'{key}_ci_low']:.3f}, {row[f'{key}_ci_high']:.3f}]"
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
 
 
+def with_seed_spread(primary: list[dict], every: list[dict]) -> list[dict]:
+    """Each configuration's first-seed row, with mean and sd of its figures over all its seeds."""
+    out = []
+    for row in primary:
+        same = [r for r in every if (r["backbone"], r["mode"]) == (row["backbone"], row["mode"])]
+        spread = {"n": len(same)}
+        for key in ("test_acc", "test_auc", "val_acc"):
+            values = np.array([r[key] for r in same], dtype=float)
+            spread[f"{key}_mean"] = float(values.mean())
+            spread[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out.append({**row, "seed_spread": spread})
+    return out
+
+
 def table_markdown(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(k, r.get(k)) for k, _ in COLUMNS) + " |" for r in rows]
+    columns = [(k, t) for k, t in COLUMNS if k != "seeds" or any(r.get("seed_spread", {}).get("n", 1) > 1 for r in rows)]
+    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(k, r) for k, _ in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n\n" + TABLE_NOTES + "\n"
+
+
+def pairwise_markdown(pairs: list[dict]) -> str:
+    """Every pair of configurations on the same test images: can this test set tell them apart?"""
+    if not pairs:
+        return ""
+    lines = [
+        "## Can this test set tell them apart?",
+        "",
+        "Paired on the same test images: accuracy by McNemar's exact test, AUC by DeLong's test; p-values also Holm-adjusted "
+        "for the number of pairs. Distinguishable: adjusted p < 0.05.",
+        "",
+        "| A | B | accuracy A / B | right only A / only B | p (Holm) | accuracy | AUC A / B | AUC difference [95 % CI] | p (Holm) | AUC |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in pairs:
+        acc, auc = p["acc"], p["auc"]
+        lines.append(
+            f"| {p['a']} | {p['b']} | {p['acc_a']:.3f} / {p['acc_b']:.3f} | {acc['only_a_right']} / {acc['only_b_right']} "
+            f"| {acc['p_value']:.3g} ({acc['p_holm']:.3g}) | {'distinguishable' if acc['distinguishable'] else 'not distinguishable'} "
+            f"| {auc['auc_a']:.3f} / {auc['auc_b']:.3f} | {auc['difference']:+.3f} [{auc['ci_low']:+.3f}, {auc['ci_high']:+.3f}] "
+            f"| {auc['p_value']:.3g} ({auc['p_holm']:.3g}) | {'distinguishable' if auc['distinguishable'] else 'not distinguishable'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
+CSV_EXTRA = ["seed_index", "train_seed", "lr_source", "test_acc_ci_low", "test_acc_ci_high", "test_auc_ci_low", "test_auc_ci_high",
+             "feature_extraction_s", "cached_features_cost_s", "cached_features_measured_in", "main_run_id", "train_run_id", "evaluate_run_id"]
+
+
 def table_csv(rows: list[dict]) -> str:
+    """Every configuration and seed, one row each, values as logged."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([k for k, _ in COLUMNS] + ["main_run_id", "train_run_id", "evaluate_run_id"])
+    keys = [k for k, _ in COLUMNS if k not in ("seeds", "features_s")] + CSV_EXTRA
+    writer.writerow(keys)
     for r in rows:
-        writer.writerow([r.get(k) for k, _ in COLUMNS] + [r.get("main_run_id"), r.get("train_run_id"), r.get("evaluate_run_id")])
+        writer.writerow([r.get(k) for k in keys])
     return out.getvalue()
 
 
@@ -84,21 +153,53 @@ def learning_curves_figure(rows: list[dict]):
 
 
 def accuracy_and_time_figure(rows: list[dict]):
+    """Accuracy per configuration (test with its 95 % interval; with several seeds, validation and
+    test also show +- 1 sd over seeds as a black bar) and the training time."""
     fig, (acc_ax, time_ax) = plots.plt.subplots(1, 2, figsize=(12, 4.5))
     names = [label(r) for r in rows]
     x = np.arange(len(rows))
     width = 0.27
     for offset, key, name in ((-width, "train_acc", "train"), (0, "val_acc", "validation"), (width, "test_acc", "test")):
-        acc_ax.bar(x + offset, [r[key] for r in rows], width, label=name)
+        values = np.array([r[key] for r in rows], dtype=float)
+        error = None
+        if key == "test_acc" and all(r.get("test_acc_ci_low") is not None for r in rows):
+            error = np.array([[v - r["test_acc_ci_low"] for v, r in zip(values, rows)], [r["test_acc_ci_high"] - v for v, r in zip(values, rows)]])
+        acc_ax.bar(x + offset, values, width, label=name + (" (95 % CI)" if error is not None else ""), yerr=error, capsize=3)
+        spreads = [r.get("seed_spread") or {} for r in rows]
+        if key != "train_acc" and any(sp.get("n", 1) > 1 for sp in spreads):
+            acc_ax.errorbar(x + offset + width / 4, [sp.get(f"{key}_mean", np.nan) for sp in spreads], yerr=[sp.get(f"{key}_sd", 0) for sp in spreads],
+                            fmt="o", color="black", markersize=3, capsize=2, label=f"{name}: mean +- sd over seeds")
     acc_ax.set_xticks(x, names, rotation=20, ha="right")
     acc_ax.set_ylim(0, 1)
     acc_ax.set_ylabel("accuracy")
     acc_ax.set_title("accuracy of the kept model")
-    acc_ax.legend(loc="lower center", ncol=3, fontsize=8, framealpha=0.9)
+    acc_ax.legend(loc="lower center", ncol=2, fontsize=7, framealpha=0.9)
     time_ax.bar(x, [r["train_time_s"] for r in rows], color="grey")
     time_ax.set_xticks(x, names, rotation=20, ha="right")
     time_ax.set_ylabel("seconds")
-    time_ax.set_title("wall-clock training time (feature extraction included)")
+    time_ax.set_title("training time: the train run's wall clock")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(gap: dict[str, dict]):
+    """Reliability diagrams, validation and test: accuracy against confidence of the predicted
+    class; points below the diagonal are overconfidence."""
+    fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.8))
+    for ax, split in zip(axes, ("val", "test")):
+        ax.plot([0.5, 1], [0.5, 1], ":", color="grey", label="perfectly calibrated")
+        for name, g in gap.items():
+            c = g["calibration"][split]
+            curve = c["reliability"]
+            ax.plot([b["confidence"] for b in curve], [b["accuracy"] for b in curve], "-o", markersize=3,
+                    label=f"{name}: ECE {c['ece']:.3f}, Brier {c['brier']:.3f}")
+        ax.set_xlim(0.5, 1.0)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence of the predicted class")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"reliability, {'validation' if split == 'val' else 'test'}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
 
@@ -120,10 +221,18 @@ def figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def html_page(title: str, rows: list[dict], figures: dict[str, bytes], analysis_markdown: str, findings: list[str]) -> str:
-    """One self-contained page: the table, the figures (embedded) and the analysis."""
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(k, r.get(k)))}</td>" for k, _ in COLUMNS) + "</tr>" for r in rows)
+def html_page(title: str, rows: list[dict], pairs: list[dict], figures: dict[str, bytes], analysis_markdown: str, findings: list[str]) -> str:
+    """One self-contained page: the table, the paired tests, the figures (embedded) and the analysis."""
+    columns = [(k, t) for k, t in COLUMNS if k != "seeds" or any(r.get("seed_spread", {}).get("n", 1) > 1 for r in rows)]
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(k, r))}</td>" for k, _ in columns) + "</tr>" for r in rows)
+    pair_rows = "".join(
+        f"<tr><td>{html.escape(p['a'])}</td><td>{html.escape(p['b'])}</td><td>{p['acc_a']:.3f} / {p['acc_b']:.3f}</td>"
+        f"<td>{p['acc']['p_value']:.3g} ({p['acc']['p_holm']:.3g})</td><td>{'yes' if p['acc']['distinguishable'] else 'no'}</td>"
+        f"<td>{p['auc']['auc_a']:.3f} / {p['auc']['auc_b']:.3f}</td><td>{p['auc']['p_value']:.3g} ({p['auc']['p_holm']:.3g})</td>"
+        f"<td>{'yes' if p['auc']['distinguishable'] else 'no'}</td></tr>"
+        for p in pairs
+    )
     images = "".join(
         f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}"><figcaption>{html.escape(name)}</figcaption></figure>'
         for name, png in figures.items()
@@ -141,6 +250,10 @@ pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
 <h1>{html.escape(title)}</h1>
 <h2>Configurations</h2>
 <table id="comparison"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<p>{html.escape(TABLE_NOTES)}</p>
+<h2>Can this test set tell them apart?</h2>
+<p>Paired on the same test images: McNemar's exact test (accuracy), DeLong's test (AUC); p-values with their Holm adjustment in brackets; distinguishable when the adjusted p &lt; 0.05.</p>
+<table id="pairwise"><thead><tr><th>A</th><th>B</th><th>accuracy A / B</th><th>p (Holm)</th><th>accuracy distinguishable</th><th>AUC A / B</th><th>p (Holm)</th><th>AUC distinguishable</th></tr></thead><tbody>{pair_rows}</tbody></table>
 <h2>Why the test set disagrees</h2>
 <ul id="findings">{items}</ul>
 <h2>Figures</h2>

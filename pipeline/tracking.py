@@ -238,23 +238,41 @@ def comparison(compare_run_id: str) -> list[dict]:
         train, evaluate = runs[config.data.tags["train_run_id"]], runs[config.data.tags["evaluate_run_id"]]
         histories = {m: {p.step: p.value for p in client.get_metric_history(train.info.run_id, m)} for m in ("train_loss", "train_acc", "val_loss", "val_acc")}
         history = [{"epoch": e, **{m: histories[m][e] for m in histories}} for e in sorted(histories["val_loss"])]
-        predictions = download(evaluate.info.run_id, "predictions/test.csv")
-        with open(predictions, newline="") as f:
-            test_predictions = list(csv.DictReader(f))
+        predictions = {}
+        for split in ("val", "test"):
+            with open(download(evaluate.info.run_id, f"predictions/{split}.csv"), newline="") as f:
+                predictions[split] = list(csv.DictReader(f))
+        # `mlflow run` logs `lr` as typed (`auto`); the rate used is then `lr_resolved`.
+        lr = train.data.params.get("lr_resolved", train.data.params["lr"])
+        train_metrics, train_tags = train.data.metrics, train.data.tags
         rows.append({
             "mode": config.data.tags["mode"],
             "backbone": config.data.tags["backbone"],
-            "lr": float(train.data.params["lr"]),
-            **{k: evaluate.data.metrics[k] for k in ("train_acc", "val_acc", "test_acc", "test_auc", "test_sensitivity", "test_specificity")},
-            "train_time_s": train.data.metrics["train_time_s"],
-            "epochs_run": int(train.data.tags["epochs_run"]),
+            "seed_index": int(config.data.tags.get("seed_index", 0)),
+            "train_seed": train.data.params.get("train_seed_resolved", train.data.params.get("train_seed", "auto")),
+            "lr": float(lr),
+            "lr_source": config.data.tags.get("lr_source", "?"),
+            **{k: evaluate.data.metrics.get(k) for k in COMPARED_METRICS},
+            "train_time_s": train_metrics["train_time_s"],
+            "feature_extraction_s": train_metrics.get("feature_extraction_s"),
+            "cached_features_cost_s": train_metrics.get("cached_features_cost_s"),
+            "cached_features_measured_in": train_tags.get("cached_features_measured_in"),
+            "epochs_run": int(train_tags["epochs_run"]),
             "main_run_id": config.info.run_id,
             "train_run_id": train.info.run_id,
             "evaluate_run_id": evaluate.info.run_id,
             "history": history,
-            "test_predictions": test_predictions,
+            "test_predictions": predictions["test"],
+            "val_predictions": predictions["val"],
         })
     return rows
+
+
+# What the report reads from each evaluate run (a run from before a metric existed lacks it: None).
+COMPARED_METRICS = (
+    "train_acc", "val_acc", "test_acc", "test_auc", "test_sensitivity", "test_specificity", "val_threshold",
+    *(f"test_{m}_ci_{side}" for m in ("acc", "auc", "sensitivity", "specificity") for side in ("low", "high")),
+)
 
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")

@@ -37,7 +37,7 @@ def planted(tmp_path_factory):
     rename(test_p, sorted(p.name for p in test_p.iterdir())[0], "person900_bacteria_2.png")
     rename(train_p, sorted(p.name for p in train_p.iterdir())[1], "person901_bacteria_3.png")
     rename(test_p, sorted(p.name for p in test_p.iterdir())[1], "person901_virus_4.png")
-    prep = prepare_dataset(DataConfig(data_dir=str(data), image_size=64, cache_dir=str(root / "cache")))
+    prep = prepare_dataset(DataConfig(data_dir=str(data), image_size=64, cache_dir=str(root / "cache"), val_source="folder"))
     d = prep.data
     return d.manifest(), {s: np.asarray(d.images(s)) for s in ("train", "val", "test")}, source.name
 

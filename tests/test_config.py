@@ -36,8 +36,10 @@ def test_both_argument_forms_and_types():
     [
         (["--image_size", "-3"], ["image_size", "integer", "16", "-3"]),
         (["--image_size", "abc"], ["image_size", "integer"]),
-        (["--val_fraction", "1.5"], ["val_fraction", "(0, 1)", "1.5"]),
-        (["--val_fraction", "0"], ["val_fraction", "(0, 1)"]),
+        (["--val_fraction", "1.5"], ["val_fraction", "(0, 0.5]", "1.5"]),
+        (["--val_fraction", "0"], ["val_fraction", "(0, 0.5]"]),
+        (["--val_source", "train"], ["val_source", "auto", "folder", "split", "train"]),
+        (["--train_seed", "x"], ["train_seed", "auto", "x"]),
         (["--frozen", "maybe"], ["frozen", "true/false", "1/0", "yes/no", "maybe"]),
         (["--class_weights", "balanced"], ["class_weights", "auto", "none", "balanced"]),
         (["--lr", "-1"], ["lr", "auto"]),

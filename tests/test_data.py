@@ -44,7 +44,7 @@ def test_truncated_jpeg_and_text_file_are_reported_and_the_rest_prepared(tmp_pat
     good = next((data / "train" / "NORMAL").iterdir()).read_bytes()
     (data / "train" / "PNEUMONIA" / "cut.jpeg").write_bytes(good[: len(good) // 3])
     (data / "test" / "NORMAL" / "readme.txt").write_text("hello")
-    prep = prepare_dataset(DataConfig(data_dir=str(data), image_size=32, cache_dir=str(tmp_path / "c")))
+    prep = prepare_dataset(DataConfig(data_dir=str(data), image_size=32, cache_dir=str(tmp_path / "c"), val_source="folder"))
     assert [r["path"] for r in prep.report["rejected"]] == ["train/PNEUMONIA/cut.jpeg"]
     assert [i["path"] for i in prep.report["ignored"]] == ["test/NORMAL/readme.txt"]
     assert prep.data.split_sizes == {"train": 20, "val": 8, "test": 8}
@@ -55,14 +55,15 @@ def test_a_class_with_only_unreadable_images_stops_with_an_error(tmp_path):
     for f in (data / "val" / "NORMAL").iterdir():
         f.write_bytes(b"")
     with pytest.raises(UserError, match="val/NORMAL has no readable image"):
-        prepare_dataset(DataConfig(data_dir=str(data), image_size=32, cache_dir=str(tmp_path / "c")))
+        prepare_dataset(DataConfig(data_dir=str(data), image_size=32, cache_dir=str(tmp_path / "c"), val_source="folder"))
 
 
 def test_demo_set_is_generated_once(tmp_path):
     config = DataConfig(data_dir="", image_size=32, cache_dir=str(tmp_path / "c"))
     first = prepare_dataset(config)
     assert first.name == "demo" and first.report["kind"] == "demo"
-    assert first.data.split_sizes == {"train": 240, "val": 80, "test": 80}
+    assert first.data.split_sizes == {"train": 240, "val": 100, "test": 80}
+    assert first.data.validation["source"] == "folder"  # 50 per class: enough to choose on
     again = prepare_dataset(config)
     assert again.cache_reused and again.data.digest == first.data.digest
     assert first.report["patients"]["overlap"]["train-test"]["n_patients"] == 0

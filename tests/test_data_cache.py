@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.data.cache import build_entry, cache_root, entry_folder, load_entry, resize_square
+from pipeline.data.cache import build_entry, cache_root, decode_images, entry_folder, load_entry, resize_square
 from pipeline.data.sources import list_folder
 
 from conftest import make_dataset
@@ -27,11 +27,11 @@ def test_resize_squashes_to_a_square():
 def test_entry_holds_every_readable_image_and_lists_the_rest(tmp_path, workers):
     data = make_dataset(tmp_path / "d", {"train": 40, "val": 2, "test": 2}, size=40)
     (data / "train" / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    listing = list_folder(data, 0.2, 0)
+    listing = list_folder(data)
     folder = entry_folder(tmp_path / "cache", "d1", 24)
     entry = build_entry(
-        folder, listing.images, digest="d1", classes=listing.classes, image_size=24,
-        source=str(data), kind="folder", val_origin=listing.val_origin, workers=workers,
+        folder, listing.images, decode_images(listing.images, 24, workers), digest="d1", classes=listing.classes, image_size=24,
+        source=str(data), kind="folder", validation={"source": "folder", "reason": "as given"},
     )
     assert entry.split_sizes == {"train": 80, "val": 4, "test": 4}
     assert entry.images("train").shape == (80, 24, 24) and entry.images("train").dtype == np.uint8
@@ -47,9 +47,10 @@ def test_entry_holds_every_readable_image_and_lists_the_rest(tmp_path, workers):
 
 def test_a_second_entry_with_the_same_key_keeps_the_first(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "d", {"train": 2, "val": 2, "test": 2}, size=32)
-    listing = list_folder(data, 0.2, 0)
+    listing = list_folder(data)
     folder = entry_folder(tmp_path / "cache", "d2", 16)
-    kwargs = dict(digest="d2", classes=listing.classes, image_size=16, source=str(data), kind="folder", val_origin="x", workers=1)
-    first = build_entry(folder, listing.images, **kwargs)
-    second = build_entry(folder, listing.images, **kwargs)  # as if a concurrent worker finished later
+    kwargs = dict(digest="d2", classes=listing.classes, image_size=16, source=str(data), kind="folder", validation={"source": "folder", "reason": "x"})
+    decoded = decode_images(listing.images, 16, 1)
+    first = build_entry(folder, listing.images, decoded, **kwargs)
+    second = build_entry(folder, listing.images, decoded, **kwargs)  # as if a concurrent worker finished later
     assert first == second and np.array_equal(first.images("val"), second.images("val"))

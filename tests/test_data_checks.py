@@ -87,7 +87,7 @@ def test_report_counts_balance_and_lists():
         digest="abc",
         classes=["NORMAL", "PNEUMONIA"],
         image_size=64,
-        val_origin="folder val/",
+        validation={"source": "folder", "reason": "val_source=folder: the val/ split as given"},
         rejected=[("train/N/bad.jpeg", "cannot decode: truncated")],
         ignored=[("train/N/notes.txt", "not an image extension (.txt)")],
         patient_pattern=DEFAULT_PATIENT_PATTERN,
@@ -95,6 +95,7 @@ def test_report_counts_balance_and_lists():
     assert report["counts"]["train"] == {"NORMAL": 3, "PNEUMONIA": 1}
     assert report["balance"]["train"]["PNEUMONIA"] == 0.25
     text = render_report(report)
+    assert "- validation: folder (val_source=folder: the val/ split as given)" in text
     assert "| train | 3 | 1 | 4 | 75.0 | 25.0 |" in text
     assert "`train/N/bad.jpeg`: cannot decode: truncated" in text
     assert "`train/N/notes.txt`: not an image extension (.txt)" in text

@@ -76,7 +76,7 @@ def test_folder_listing_ignores_and_counts_non_images(tiny_dataset):
     (tiny_dataset / "train" / "NORMAL" / "Thumbs.db").write_bytes(b"\0")
     (tiny_dataset / "test" / "PNEUMONIA" / "notes.txt").write_text("x")
     (tiny_dataset / "README.md").write_text("x")
-    listing = list_folder(tiny_dataset, 0.2, 0)
+    listing = list_folder(tiny_dataset)
     reasons = dict(listing.ignored)
     assert reasons["train/NORMAL/.DS_Store"] == "hidden file"
     assert reasons["train/NORMAL/Thumbs.db"] == "system file"
@@ -84,53 +84,39 @@ def test_folder_listing_ignores_and_counts_non_images(tiny_dataset):
     assert "README.md" in reasons
     assert listing.classes == ["NORMAL", "PNEUMONIA"]
     assert len(listing.images) == 2 * (10 + 4 + 4)
-    assert listing.val_origin == "folder val/"
-
-
-def test_without_val_a_stratified_seeded_split_of_train(tiny_dataset):
-    shutil.rmtree(tiny_dataset / "val")
-    first = list_folder(tiny_dataset, 0.3, seed=5)
-    again = list_folder(tiny_dataset, 0.3, seed=5)
-    other = list_folder(tiny_dataset, 0.3, seed=6)
-    val = sorted(i.relpath for i in first.images if i.split == "val")
-    assert val == sorted(i.relpath for i in again.images if i.split == "val")
-    assert val != sorted(i.relpath for i in other.images if i.split == "val")
-    per_class = {c: sum(i.split == "val" and i.label == c for i in first.images) for c in first.classes}
-    assert per_class == {"NORMAL": 3, "PNEUMONIA": 3}  # round(10 * 0.3) of each class
-    assert all(i.relpath.startswith("train/") for i in first.images if i.split == "val")
-    assert "val_fraction 0.3" in first.val_origin and "seed 5" in first.val_origin
+    assert {i.split for i in listing.images} == {"train", "val", "test"}
 
 
 def test_layout_errors_say_what_was_found(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        list_source(str(tmp_path / "nope"), 0.2, 0)
+        list_source(str(tmp_path / "nope"))
     data = make_dataset(tmp_path / "d")
     shutil.rmtree(data / "test")
     with pytest.raises(UserError, match=r"no test/ folder \(found: train/, val/\)"):
-        list_source(str(data), 0.2, 0)
+        list_source(str(data))
 
 
 def test_nested_download_folder_gets_a_hint(tmp_path):
     make_dataset(tmp_path / "outer" / "chest_xray")
     with pytest.raises(UserError, match="did you mean data_dir=.*chest_xray"):
-        list_source(str(tmp_path / "outer"), 0.2, 0)
+        list_source(str(tmp_path / "outer"))
 
 
 def test_one_class_split_missing_class_and_empty_class(tmp_path):
     data = make_dataset(tmp_path / "one")
     shutil.rmtree(data / "test" / "NORMAL")
     with pytest.raises(UserError, match="test/ must hold at least two class folders"):
-        list_source(str(data), 0.2, 0)
+        list_source(str(data))
     data = make_dataset(tmp_path / "three")
     (data / "train" / "COVID").mkdir()
     (data / "train" / "COVID" / "x.png").write_bytes(b"")
     with pytest.raises(UserError, match="val/ lacks the class folder.*COVID"):
-        list_source(str(data), 0.2, 0)
+        list_source(str(data))
     data = make_dataset(tmp_path / "empty")
     for f in (data / "val" / "PNEUMONIA").iterdir():
         f.unlink()
     with pytest.raises(UserError, match="val/PNEUMONIA/ holds no image files"):
-        list_source(str(data), 0.2, 0)
+        list_source(str(data))
 
 
 def write_npz(path, n=(6, 2, 2), rgb=False, **overrides):
@@ -147,7 +133,7 @@ def write_npz(path, n=(6, 2, 2), rgb=False, **overrides):
 
 
 def test_medmnist_npz(tmp_path):
-    listing = list_source(str(write_npz(tmp_path / "pneumoniamnist.npz")), 0.2, 0)
+    listing = list_source(str(write_npz(tmp_path / "pneumoniamnist.npz")))
     assert listing.kind == "npz" and listing.classes == ["NORMAL", "PNEUMONIA"]
     assert [i.relpath for i in listing.images[:2]] == ["train/000000", "train/000001"]
     assert [i.label for i in listing.images[:2]] == ["NORMAL", "PNEUMONIA"]
@@ -164,4 +150,4 @@ def test_npz_problems_are_user_errors(tmp_path):
         list_npz(tmp_path / "c.npz")
     (tmp_path / "d.csv").write_text("x")
     with pytest.raises(UserError, match="not a .npz"):
-        list_source(str(tmp_path / "d.csv"), 0.2, 0)
+        list_source(str(tmp_path / "d.csv"))

@@ -28,7 +28,7 @@ def data_dir(tmp_path_factory):
 
 def setup(data_dir, tmp_path, frozen=True, **fit):
     return setup_training(
-        DataConfig(data_dir=str(data_dir), image_size=32, cache_dir=str(tmp_path / "cache")),
+        DataConfig(data_dir=str(data_dir), image_size=32, cache_dir=str(tmp_path / "cache"), val_source="folder"),
         ModelConfig(backbone="resnet18", frozen=frozen, weights="none"),
         FitConfig(batch_size=8, device="cpu", **fit),
     )
@@ -39,6 +39,12 @@ def fit_once(s, epochs=3, **kwargs):
     features = s.features(model)
     state = train_classifier(model, s.prep.data, replace(s.fit, epochs=epochs), 1e-3, s.device, s.data.seed, features=features and features.splits, **kwargs)
     return model, state
+
+
+def test_a_training_epoch_never_ends_on_a_batch_of_one():
+    parts = engine.batches(17, 8, torch.Generator().manual_seed(0))
+    assert [len(p) for p in parts] == [8, 9] and sorted(torch.cat(parts).tolist()) == list(range(17))
+    assert [len(p) for p in engine.batches(17, 8)] == [8, 8, 1]  # evaluation keeps every batch as it is
 
 
 def test_augmentation_keeps_shape_and_range_and_follows_the_generator():
@@ -90,16 +96,19 @@ def test_frozen_training_leaves_the_backbone_untouched(data_dir, tmp_path):
 def test_features_are_extracted_once_then_read_from_memory_or_disk(data_dir, tmp_path, monkeypatch):
     s = setup(data_dir, tmp_path)
     model = s.new_model()
-    first = s.features(model)
-    assert not first.cached and first.extraction_s > 0
+    first = s.features(model, measured_in={"run_id": "r1", "device": "cpu"})
+    assert not first.cached and first.extraction_s > 0 and first.cached_extraction_s == 0 and not first.cached_from
     assert set(first.splits) == {"train", "val"} and first.splits["train"].shape == (24, 512)
     test = s.features(model, ("train", "test"))  # test only when asked for; train is reused
     assert not test.cached and test.splits["test"].shape == (8, 512) and torch.equal(test.splits["train"], first.splits["train"])
     monkeypatch.setattr(engine, "extract_features", lambda *a, **k: pytest.fail("extracted again"))
     assert s.features(model).cached
     FeatureCache._memory.clear()  # as in a new process
-    again = s.features(model)
-    assert again.cached and again.extraction_s == pytest.approx(first.extraction_s)
+    again = s.features(model, measured_in={"run_id": "r2", "device": "cpu"})
+    # Nothing extracted now: the time is the first extraction's, said to be measured there.
+    assert again.cached and again.extraction_s == 0
+    assert again.cached_extraction_s == pytest.approx(first.extraction_s)
+    assert again.cached_from == [{"run_id": "r1", "device": "cpu", "split": "train"}, {"run_id": "r1", "device": "cpu", "split": "val"}]
     assert torch.equal(again.splits["val"], first.splits["val"])
 
 

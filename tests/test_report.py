@@ -25,10 +25,12 @@ def log_configuration(backbone, mode, lr, train_acc, val_acc, test_acc, auc, sen
                 mlflow.log_metrics({"train_loss": 1 / e, "train_acc": 1 - 0.5 / e, "val_loss": 1.2 / e, "val_acc": 1 - 0.6 / e}, step=e)
         with tracking.step_run("evaluate", backbone, mode) as evaluate:
             mlflow.log_metrics({"train_acc": train_acc, "val_acc": val_acc, "test_acc": test_acc, "test_auc": auc,
-                                "test_sensitivity": sens, "test_specificity": spec})
-            mlflow.log_text("file,true_label,probability,predicted_label\na.png,NORMAL,0.2,NORMAL\nb.png,PNEUMONIA,0.7,PNEUMONIA\nc.png,NORMAL,0.9,PNEUMONIA\n",
-                            "predictions/test.csv")
-        mlflow.set_tags({"train_run_id": train.info.run_id, "evaluate_run_id": evaluate.info.run_id})
+                                "test_sensitivity": sens, "test_specificity": spec, "test_acc_ci_low": test_acc - 0.04,
+                                "test_acc_ci_high": test_acc + 0.03, "test_auc_ci_low": auc - 0.02, "test_auc_ci_high": auc + 0.02})
+            for split in ("val", "test"):
+                mlflow.log_text("file,true_label,probability,predicted_label\na.png,NORMAL,0.2,NORMAL\nb.png,PNEUMONIA,0.7,PNEUMONIA\nc.png,NORMAL,0.9,PNEUMONIA\n",
+                                f"predictions/{split}.csv")
+        mlflow.set_tags({"train_run_id": train.info.run_id, "evaluate_run_id": evaluate.info.run_id, "lr_source": "tuned"})
 
 
 @pytest.fixture
@@ -48,14 +50,17 @@ def test_rows_are_read_back_from_the_store(compare_run):
         assert (row["test_sensitivity"], row["test_specificity"], row["train_time_s"], row["epochs_run"]) == (sens, spec, seconds, epochs)
         assert [h["epoch"] for h in row["history"]] == list(range(1, epochs + 1))
         assert row["history"][-1]["val_acc"] == pytest.approx(1 - 0.6 / epochs)
-        assert [p["file"] for p in row["test_predictions"]] == ["a.png", "b.png", "c.png"]
+        assert [p["file"] for p in row["test_predictions"]] == ["a.png", "b.png", "c.png"] == [p["file"] for p in row["val_predictions"]]
+        assert (row["test_acc_ci_low"], row["test_auc_ci_high"]) == (test_acc - 0.04, auc + 0.02)
+        assert row["lr_source"] == "tuned" and row["seed_index"] == 0
 
 
 def test_tables_show_exactly_those_numbers(compare_run):
     rows = tracking.comparison(compare_run)
     markdown = report.table_markdown(rows)
-    assert "| finetune | resnet50 | 3e-05 | 0.990 | 0.970 | 0.810 | 0.930 | 0.980 | 0.520 | 812.4 | 7 |" in markdown
-    assert "| frozen | efficientnet_b0 | 0.002 | 0.930 | 0.920 | 0.770 | 0.900 | 0.950 | 0.470 | 35.1 | 10 |" in markdown
+    assert "| finetune | resnet50 | 3e-05 (tuned) | 0.990 | 0.970 | 0.810 [0.770, 0.840] | 0.930 [0.910, 0.950] | 0.980 | 0.520 | 812.4 |  | 7 |" in markdown
+    assert "| frozen | efficientnet_b0 | 0.002 (tuned) | 0.930 | 0.920 | 0.770 [0.730, 0.800] | 0.900 [0.880, 0.920] | 0.950 | 0.470 | 35.1 |  | 10 |" in markdown
+    assert "over seeds" not in markdown  # one seed: no spread column
     parsed = list(csv.DictReader(io.StringIO(report.table_csv(rows))))
     assert [float(r["test_acc"]) for r in parsed] == [0.81, 0.77] and parsed[0]["train_run_id"] == rows[0]["train_run_id"]
 
@@ -68,7 +73,7 @@ def test_figures_and_a_self_contained_page(compare_run):
         "roc_curves.png": report.figure_png(report.roc_figure(rows, "PNEUMONIA")),
     }
     assert all(png.startswith(b"\x89PNG") for png in figures.values())
-    page = report.html_page("study", rows, figures, "# analysis", ["Validation beats test."])
+    page = report.html_page("study", rows, [], figures, "# analysis", ["Validation beats test."])
     assert page.count("data:image/png;base64,") == 3 and "src=\"http" not in page
     assert "<td>resnet50</td>" in page and "<li>Validation beats test.</li>" in page
 

@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import tracking
 from pipeline.config import CompareConfig, DataConfig, FitConfig, MainConfig, TuneConfig, UserError
+from pipeline.engine import Diverged
 from pipeline.steps import compare
 
 from conftest import make_dataset, mlflow_run, runs_of
@@ -20,39 +21,77 @@ def children(parent_id, step=None):
 def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path):
     data = make_dataset(tmp_path / "tiny", {"train": 10, "val": 6, "test": 6}, size=32)
     params = {"data_dir": str(data), "image_size": "32", "weights": "none", "backbones": "resnet18",
-              "modes": "frozen,finetune", "epochs": "1", "tune_trials": "1", "batch_size": "8"}
+              "modes": "frozen,finetune", "epochs": "1", "tune_trials": "1", "batch_size": "8", "seeds": "2"}
     result = mlflow_run("compare", params)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = runs_of("compare")
     assert run.info.status == "FINISHED" and run.info.run_name == "compare"
     configurations = children(run.info.run_id, "main")
-    assert sorted(c.info.run_name for c in configurations) == ["resnet18-finetune-main", "resnet18-frozen-main"]
+    assert sorted(c.info.run_name for c in configurations) == ["resnet18-finetune-main"] * 2 + ["resnet18-frozen-main"] * 2
+    # The second seed trains with another training seed at the rate tuned for the first, tuning nothing.
+    second = [c for c in configurations if c.data.tags["seed_index"] == "1"]
+    assert all("tune_run_id" not in c.data.tags and c.data.tags["lr_source"] == "tuned, first seed" for c in second)
     for config in configurations:
         assert {r.data.tags["step"] for r in children(config.info.run_id)} <= {"prepare", "tune", "train", "evaluate"}
-        assert {"train_run_id", "evaluate_run_id", "tune_run_id"} <= set(config.data.tags)
+        assert {"train_run_id", "evaluate_run_id"} <= set(config.data.tags)
+        assert ("tune_run_id" in config.data.tags) == (config.data.tags["seed_index"] == "0")
     files = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="report", dst_path=str(tmp_path / "a"))
     for name in ("comparison.md", "comparison.csv", "comparison.html", "learning_curves.png", "accuracy_and_time.png",
-                 "roc_curves.png", "analysis/analysis.md", "analysis/analysis.json", "analysis/label_noise_candidates.png"):
+                 "roc_curves.png", "calibration.png", "analysis/analysis.md", "analysis/analysis.json", "analysis/label_noise_candidates.png"):
         assert (tmp_path / "a" / "report" / name).is_file(), name
     table = list(csv.DictReader(open(f"{files}/comparison.csv")))
-    assert sorted((r["backbone"], r["mode"]) for r in table) == [("resnet18", "finetune"), ("resnet18", "frozen")]
+    assert sorted((r["backbone"], r["mode"], r["seed_index"]) for r in table) == [
+        ("resnet18", m, k) for m in ("finetune", "frozen") for k in ("0", "1")]
     for row in table:
         evaluated = mlflow.get_run(row["evaluate_run_id"]).data.metrics
         trained = mlflow.get_run(row["train_run_id"])
         assert float(row["test_acc"]) == evaluated["test_acc"] and float(row["test_auc"]) == evaluated["test_auc"]
+        assert float(row["test_acc_ci_low"]) == evaluated["test_acc_ci_low"] <= evaluated["test_acc"] <= evaluated["test_acc_ci_high"]
         assert float(row["train_time_s"]) == trained.data.metrics["train_time_s"]
-        assert float(row["lr"]) == float(trained.data.params["lr"])
+        assert float(row["lr"]) == float(trained.data.params["lr_resolved"] if "lr_resolved" in trained.data.params else trained.data.params["lr"])
+    assert {r["train_seed"] for r in table} == {"auto", "43"}
     page = open(f"{files}/comparison.html").read()
-    assert page.count("data:image/png;base64,") == 4 and '<table id="comparison">' in page
+    assert page.count("data:image/png;base64,") == 5 and '<table id="comparison">' in page and '<table id="pairwise">' in page
     study = json.load(open(f"{files}/analysis/analysis.json"))
     assert study["findings"] and 0 <= study["shift"]["domain_auc"] <= 1
     assert study["leakage"]["patients"]["overlap"]["train-test"]["n_patients"] == 0
-    assert "## Findings" in open(f"{files}/comparison.md").read()
+    # One pair (frozen vs fine-tuned, first seeds), tested on the same images; the seeds' spread.
+    (pair,) = study["pairwise"]
+    assert 0 <= pair["acc"]["p_value"] <= 1 and 0 <= pair["auc"]["p_value"] <= 1
+    assert set(study["seeds"]) == {"resnet18 (frozen)", "resnet18 (finetune)"} and all(v["n"] == 2 for v in study["seeds"].values())
+    for name, gap in study["gap"].items():
+        causes = gap["causes"]
+        assert causes["gap"]["value"] == pytest.approx(causes["leakage"]["value"] + causes["prevalence"]["value"] + causes["residual"]["value"])
+    markdown = open(f"{files}/comparison.md").read()
+    assert "## Findings" in markdown and "## Can this test set tell them apart?" in markdown and "mean +- sd" in markdown
+    findings = "\n".join(study["findings"])
+    assert "distinguishable" in findings and "p = " in findings and "validation - test gap" in findings
     # The report rebuilt later from the store alone says the same.
     rebuilt = compare.run(DataConfig(), FitConfig(), MainConfig(), TuneConfig(), CompareConfig(report_for=run.info.run_id))
     again = mlflow.artifacts.download_artifacts(run_id=rebuilt, artifact_path="report/comparison.csv", dst_path=str(tmp_path / "b"))
     assert open(again).read() == open(f"{files}/comparison.csv").read()
     assert not children(rebuilt, "main")
+
+
+def test_a_diverging_configuration_is_skipped_and_said(store, tmp_path, monkeypatch, capsys):
+    real = compare.run_configuration
+
+    def finetune_diverges(data, model, fit, *args):
+        if not model.frozen:
+            raise Diverged("training diverged at epoch 1: train loss nan, val loss nan at lr 0.1; no model was kept")
+        return real(data, model, fit, *args)
+
+    monkeypatch.setattr(compare, "run_configuration", finetune_diverges)
+    data = make_dataset(tmp_path / "tiny", {"train": 10, "val": 6, "test": 6}, size=32)
+    run_id = compare.run(DataConfig(data_dir=str(data), image_size=32), FitConfig(epochs=1, batch_size=8), MainConfig(tune_trials=0),
+                         TuneConfig(), CompareConfig(backbones=("resnet18",), modes=("frozen", "finetune"), weights="none"))
+    assert "skipped resnet18 (finetune): training diverged" in capsys.readouterr().out
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED" and "resnet18 (finetune)" in json.loads(run.data.tags["skipped_configurations"])
+    statuses = sorted((c.info.run_name, c.info.status) for c in children(run_id, "main"))
+    assert statuses == [("resnet18-finetune-main", "FAILED"), ("resnet18-frozen-main", "FINISHED")]
+    files = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="report", dst_path=str(tmp_path / "a"))
+    assert "resnet18 (finetune) was skipped: training diverged" in open(f"{files}/comparison.md").read()
 
 
 def test_report_for_needs_a_compare_run(store):

@@ -2,11 +2,13 @@
 
 import csv
 import json
+import shutil
 
 import mlflow
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from sklearn import metrics as skm
 
 from pipeline import serving, tracking
@@ -94,3 +96,43 @@ def test_needs_exactly_one_source_and_a_real_model(store):
         evaluate.run(EvaluateConfig())
     with pytest.raises(UserError, match="cannot find model"):
         evaluate.run(EvaluateConfig(model_uri="models:/m-doesnotexist"))
+
+
+def test_intervals_are_exact_for_proportions_and_bootstrap_for_auc(fixed_train_run):
+    run_id, _, data = fixed_train_run
+    logged = mlflow.get_run(evaluate.run(EvaluateConfig(train_run_id=run_id)).run_id).data.metrics
+    y, p = data.labels("test"), p_pneumonia(data.images("test"))
+    pred = (p >= 0.5).astype(int)
+    right = {"acc": (pred == y, np.ones_like(y, bool)), "sensitivity": (pred == 1, y == 1), "specificity": (pred == 0, y == 0)}
+    for name, (hit, among) in right.items():
+        k, n = int(hit[among].sum()), int(among.sum())
+        low = stats.beta.ppf(0.025, k, n - k + 1) if k else 0.0
+        high = stats.beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+        assert (logged[f"test_{name}_ci_low"], logged[f"test_{name}_ci_high"]) == pytest.approx((low, high), abs=1e-6), name
+    assert logged["test_auc_ci_low"] <= logged["test_auc"] <= logged["test_auc_ci_high"]
+    assert logged["test_auc_ci_high"] - logged["test_auc_ci_low"] > 0.01
+
+
+def test_images_of_patients_seen_in_training_are_scored_apart(store, tmp_path):
+    root = make_dataset(tmp_path / "d", {"train": 6, "val": 10, "test": 12}, size=32)
+    # Two test images belong to a train patient, one test image is a train image's exact copy.
+    train_p, test_p = root / "train" / "PNEUMONIA", root / "test" / "PNEUMONIA"
+    patient = sorted(train_p.iterdir())[0].name.split("_")[0] + "_" + sorted(train_p.iterdir())[0].name.split("_")[1]
+    for k, f in enumerate(sorted(test_p.iterdir())[:2]):
+        f.rename(test_p / f"{patient}_{900 + k}.png")
+    shutil.copy(sorted((root / "train" / "NORMAL").iterdir())[0], root / "test" / "NORMAL" / "scan-copy.png")
+    data_cfg = DataConfig(data_dir=str(root), image_size=32, val_source="folder")
+    prep = prepare_dataset(data_cfg)
+    with tracking.step_run("train", "resnet18", "frozen") as run:
+        mlflow.set_tag("settings", json.dumps(as_params(data_cfg)))
+        mlflow.log_params({"data_digest": prep.data.digest})
+        mlflow.set_tag("model_uri", serving.log_model(BrightnessModel(), 32, prep.data.classes).model_uri)
+    logged = mlflow.get_run(evaluate.run(EvaluateConfig(train_run_id=run.info.run_id)).run_id).data.metrics
+    files = prep.data.files("test")
+    seen = np.array([f.endswith(("_900.png", "_901.png", "scan-copy.png")) for f in files])
+    y, p = prep.data.labels("test"), p_pneumonia(prep.data.images("test"))
+    right = (p >= 0.5) == (y == 1)
+    assert (logged["test_n_seen_patients"], logged["test_n_unseen_patients"]) == (3, len(files) - 3)
+    assert logged["test_acc_unseen_patients"] == pytest.approx(right[~seen].mean())
+    assert logged["test_acc_seen_patients"] == pytest.approx(right[seen].mean())
+    assert logged["val_n_seen_patients"] == 0 and logged["val_acc_unseen_patients"] == pytest.approx(logged["val_acc"])

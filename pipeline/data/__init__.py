@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import DataConfig
-from pipeline.data.cache import PreparedData, build_entry, cache_root, entry_folder, load_entry
+from pipeline.data.cache import PreparedData, build_entry, cache_root, content_hashes, decode_images, entry_folder, load_entry
 from pipeline.data.checks import check_every_class_present, data_report
-from pipeline.data.sources import Listing, list_source
+from pipeline.data.sources import SourceImage, list_source
 from pipeline.data.synthetic import demo_dataset
+from pipeline.data.validation import choose_validation, split_by_patient
 
 __all__ = ["Preparation", "PreparedData", "prepare_dataset", "dataset_digest"]
 
@@ -27,10 +28,11 @@ class Preparation:
     cache_reused: bool
 
 
-def dataset_digest(listing: Listing) -> str:
-    """Identity of the data as split: file contents, labels and split assignment, not paths on disk."""
-    digest = hashlib.sha256("\t".join(listing.classes).encode())
-    for image in listing.images:
+def dataset_digest(classes: list[str], images: list[SourceImage], settings: str = "") -> str:
+    """Identity of the data as split: file contents, labels and split assignment, not paths on
+    disk. Before the split is made, `settings` (what decides it) stands in for it."""
+    digest = hashlib.sha256("\t".join(classes).encode() + settings.encode())
+    for image in images:
         digest.update(f"\n{image.split}\t{image.label}\t{image.relpath}\t{image.fingerprint()}".encode())
     return digest.hexdigest()[:16]
 
@@ -42,22 +44,32 @@ def prepare_dataset(config: DataConfig) -> Preparation:
     else:
         location, kind = Path(config.data_dir), None
         name = location.stem if location.suffix.lower() == ".npz" else location.resolve().name
-    listing = list_source(str(location), config.val_fraction, config.seed)
+    listing = list_source(str(location))
     kind = kind or listing.kind
-    digest = dataset_digest(listing)
-    folder = entry_folder(root, digest, config.image_size)
+    plan = choose_validation(listing.images, listing.classes, config.val_source)
+    # The cache entry is found before anything is decoded, by the source and all that decides
+    # the split; the data digest (the split as made) is computed once, when the entry is built.
+    split_settings = f"{plan.source}|{config.val_fraction}|{config.seed}|{config.patient_pattern}" if plan.source == "split" else "folder"
+    folder = entry_folder(root, dataset_digest(listing.classes, listing.images, split_settings), config.image_size)
     data = load_entry(folder)
     cache_reused = data is not None
     if data is None:
+        decoded = decode_images(listing.images, config.image_size)
+        images, how = listing.images, None
+        if plan.source == "split":
+            images, how = split_by_patient(
+                images, content_hashes(decoded), listing.classes, config.val_fraction, config.seed, config.patient_pattern
+            )
         data = build_entry(
             folder,
-            listing.images,
-            digest=digest,
+            images,
+            decoded,
+            digest=dataset_digest(listing.classes, images),
             classes=listing.classes,
             image_size=config.image_size,
             source=listing.location,
             kind=kind,
-            val_origin=listing.val_origin,
+            validation={"source": plan.source, "reason": plan.reason, "how": how},
         )
     rows = data.manifest()
     check_every_class_present(rows, data.classes)
@@ -65,10 +77,10 @@ def prepare_dataset(config: DataConfig) -> Preparation:
         rows,
         source=data.source,
         kind=kind,
-        digest=digest,
+        digest=data.digest,
         classes=data.classes,
         image_size=config.image_size,
-        val_origin=data.val_origin,
+        validation=data.validation,
         rejected=data.rejected,
         ignored=listing.ignored,
         patient_pattern=config.patient_pattern,

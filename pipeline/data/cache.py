@@ -23,8 +23,8 @@ from tqdm import tqdm
 from pipeline.data.checks import ManifestRow, read_manifest, write_manifest
 from pipeline.data.sources import SourceImage, UnreadableImage, decode, pixel_hash
 
-# Bump when decoding or resizing changes, so entries written by older code are not reused.
-FORMAT_VERSION = 1
+# Bump when decoding, resizing or what an entry holds changes, so older entries are not reused.
+FORMAT_VERSION = 2
 
 
 def cache_root(setting: str = "") -> Path:
@@ -47,9 +47,13 @@ class PreparedData:
     image_size: int
     source: str
     kind: str
-    val_origin: str
+    validation: dict  # source ("folder" or "split"), reason, and how a split was made
     split_sizes: dict[str, int]
     rejected: list[tuple[str, str]]
+
+    @property
+    def val_origin(self) -> str:
+        return "; ".join(filter(None, (self.validation["reason"], self.validation.get("how"))))
 
     def images(self, split: str) -> np.ndarray:
         """N x size x size uint8, memory-mapped: nothing is read until it is used."""
@@ -69,8 +73,9 @@ class PreparedData:
         return self.root / "manifest.csv"
 
 
-def entry_folder(root: Path, digest: str, image_size: int) -> Path:
-    return root / "decoded" / f"{digest}-{image_size}px-v{FORMAT_VERSION}"
+def entry_folder(root: Path, key: str, image_size: int) -> Path:
+    """`key` names the source and every setting that decides the splits (see `prepare_dataset`)."""
+    return root / "decoded" / f"{key}-{image_size}px-v{FORMAT_VERSION}"
 
 
 def load_entry(folder: Path) -> PreparedData | None:
@@ -99,29 +104,38 @@ def _decode_and_resize(item: tuple[SourceImage, int]):
     return (resize_square(grey, size), grey.shape[1], grey.shape[0], mode, pixel_hash(grey)), None
 
 
-def build_entry(
-    folder: Path,
-    images: list[SourceImage],
-    *,
-    digest: str,
-    classes: list[str],
-    image_size: int,
-    source: str,
-    kind: str,
-    val_origin: str,
-    workers: int | None = None,
-) -> PreparedData:
-    """Decode every image once; unreadable ones are listed in `rejected`, never fatal here."""
+Decoded = tuple  # (pixels resized, width, height, mode, content hash) or None, and the reason
+
+
+def decode_images(images: list[SourceImage], image_size: int, workers: int | None = None) -> list[Decoded]:
+    """Decode and resize every image once: `(result, None)` or `(None, reason it is unreadable)`."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
     jobs = [(image, image_size) for image in images]
     progress = dict(total=len(jobs), desc="decoding images", unit="img", disable=None)
     # Files decode in parallel; npz rows are already in memory, where processes only add copying.
     if workers > 1 and len(jobs) >= 64 and images[0].path is not None:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(tqdm(pool.map(_decode_and_resize, jobs, chunksize=16), **progress))
-    else:
-        results = [_decode_and_resize(job) for job in tqdm(jobs, **progress)]
+            return list(tqdm(pool.map(_decode_and_resize, jobs, chunksize=16), **progress))
+    return [_decode_and_resize(job) for job in tqdm(jobs, **progress)]
 
+
+def content_hashes(decoded: list[Decoded]) -> list[str | None]:
+    return [ok[4] if ok is not None else None for ok, _ in decoded]
+
+
+def build_entry(
+    folder: Path,
+    images: list[SourceImage],
+    decoded: list[Decoded],
+    *,
+    digest: str,
+    classes: list[str],
+    image_size: int,
+    source: str,
+    kind: str,
+    validation: dict,
+) -> PreparedData:
+    """Write the decoded images by split; unreadable ones are listed in `rejected`, never fatal here."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".building-"))
     rows: list[ManifestRow] = []
@@ -129,7 +143,7 @@ def build_entry(
     split_sizes: dict[str, int] = {}
     for split in ("train", "val", "test"):
         arrays, labels = [], []
-        for image, (ok, reason) in zip(images, results):
+        for image, (ok, reason) in zip(images, decoded):
             if image.split != split:
                 continue
             if ok is None:
@@ -150,7 +164,7 @@ def build_entry(
         image_size=image_size,
         source=source,
         kind=kind,
-        val_origin=val_origin,
+        validation=validation,
         split_sizes=split_sizes,
         rejected=rejected,
     )

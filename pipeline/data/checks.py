@@ -13,6 +13,8 @@ from dataclasses import astuple, dataclass, fields
 from itertools import combinations
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.config import UserError
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -115,6 +117,19 @@ def patients_by_split(rows: list[ManifestRow], pattern: str) -> dict[str, dict[s
     return result
 
 
+def seen_in_train(rows: list[ManifestRow], split: str, pattern: str) -> np.ndarray:
+    """For each image of `split` (manifest order): does train hold its patient or its exact pixels?
+    Such an image tests memory of a child or a picture, not diagnosis."""
+    compiled = re.compile(pattern) if pattern else None
+    train_patients = {patient_id(r.path, compiled) for r in rows if r.split == "train"} - {None} if compiled else set()
+    train_pixels = {r.content_hash for r in rows if r.split == "train"}
+    return np.array(
+        [r.content_hash in train_pixels or (compiled is not None and patient_id(r.path, compiled) in train_patients)
+         for r in rows if r.split == split],
+        dtype=bool,
+    )
+
+
 def describe_patients(rows: list[ManifestRow], pattern: str) -> dict:
     if not pattern:
         return {"pattern": "", "checked": False}
@@ -150,7 +165,7 @@ def data_report(
     digest: str,
     classes: list[str],
     image_size: int,
-    val_origin: str,
+    validation: dict,
     rejected: list[tuple[str, str]],
     ignored: list[tuple[str, str]],
     patient_pattern: str,
@@ -166,7 +181,7 @@ def data_report(
         "digest": digest,
         "classes": classes,
         "image_size": image_size,
-        "val_origin": val_origin,
+        "validation": validation,
         "counts": counts,
         "totals": totals,
         "balance": {s: {c: round(counts[s][c] / totals[s], 4) for c in classes} for s in splits},
@@ -188,7 +203,8 @@ def render_report(report: dict, max_listed: int = 50) -> str:
         "",
         f"- source: `{report['source']}` ({report['kind']})",
         f"- digest: `{report['digest']}`",
-        f"- validation split: {report['val_origin']}",
+        f"- validation: {report['validation']['source']} ({report['validation']['reason']})",
+        *([f"- validation split: {report['validation']['how']}"] if report["validation"].get("how") else []),
         f"- images decoded to {report['image_size']} x {report['image_size']} grey",
         f"- original sizes: width {report['width_range'][0]}-{report['width_range'][1]} px, "
         f"height {report['height_range'][0]}-{report['height_range'][1]} px; "

@@ -1,7 +1,8 @@
 """Where images come from: a Kaggle-layout folder or a MedMNIST `.npz` file, and how one is read.
 
 `list_source` walks the source without decoding anything and returns a `Listing`: every image
-with its split and label, plus every file it chose not to read and why. Reading is
+with its split and label as found (validation cut from train/ is `validation.py`'s job, since it
+needs the decoded pixels to keep duplicates together), plus every file it chose not to read and why. Reading is
 `read_image`, which turns any colour mode into one grey channel of 0..255 and raises
 `UnreadableImage` (with the reason) for anything it cannot decode.
 """
@@ -54,7 +55,6 @@ class Listing:
     classes: list[str]
     images: list[SourceImage]
     ignored: list[tuple[str, str]]  # (relative path, reason)
-    val_origin: str  # "folder", "npz" or "split of train/ (fraction f, seed s)"
 
 
 # -- decoding ---------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def decode(image: SourceImage) -> tuple[np.ndarray, str]:
 # -- listing ----------------------------------------------------------------------------------
 
 
-def list_source(data_dir: str, val_fraction: float, seed: int) -> Listing:
+def list_source(data_dir: str) -> Listing:
     path = Path(data_dir).expanduser()
     if not path.exists():
         raise UserError(
@@ -140,10 +140,10 @@ def list_source(data_dir: str, val_fraction: float, seed: int) -> Listing:
         if path.suffix.lower() != ".npz":
             raise UserError(f"data_dir {data_dir!r} is a file but not a .npz; give a folder or a MedMNIST .npz file")
         return list_npz(path)
-    return list_folder(path, val_fraction, seed)
+    return list_folder(path)
 
 
-def list_folder(root: Path, val_fraction: float, seed: int) -> Listing:
+def list_folder(root: Path) -> Listing:
     present = {p.name for p in root.iterdir() if p.is_dir()}
     missing = [s for s in ("train", "test") if s not in present]
     if missing:
@@ -176,11 +176,7 @@ def list_folder(root: Path, val_fraction: float, seed: int) -> Listing:
                 else:
                     images.append(SourceImage(rel, split, label, path=file))
     classes = _check_classes(classes_per_split, images)
-    val_origin = "folder val/"
-    if "val" not in splits:
-        images = split_validation(images, val_fraction, seed)
-        val_origin = f"stratified split of train/ (val_fraction {val_fraction:g}, seed {seed})"
-    return Listing("folder", str(root.resolve()), classes, images, ignored, val_origin)
+    return Listing("folder", str(root.resolve()), classes, images, ignored)
 
 
 def _nested_layout_hint(root: Path) -> str:
@@ -223,29 +219,6 @@ def _check_classes(classes_per_split: dict[str, list[str]], images: list[SourceI
     return all_classes
 
 
-def split_validation(images: list[SourceImage], val_fraction: float, seed: int) -> list[SourceImage]:
-    """Move a stratified, seeded share of train/ to val; the same inputs give the same split."""
-    rng = np.random.default_rng(seed)
-    by_label: dict[str, list[SourceImage]] = {}
-    for image in images:
-        if image.split == "train":
-            by_label.setdefault(image.label, []).append(image)
-    to_val: set[str] = set()
-    for label in sorted(by_label):
-        members = sorted(by_label[label], key=lambda i: i.relpath)
-        n_val = int(round(len(members) * val_fraction))
-        if len(members) < 2 or n_val < 1 or n_val >= len(members):
-            raise UserError(
-                f"train/{label}/ has {len(members)} images: too few to hold out val_fraction={val_fraction:g} "
-                "as validation; add images, change val_fraction, or provide a val/ folder"
-            )
-        order = rng.permutation(len(members))
-        to_val.update(members[k].relpath for k in order[:n_val])
-    return [
-        SourceImage(i.relpath, "val", i.label, i.path, i.array) if i.relpath in to_val else i for i in images
-    ]
-
-
 def list_npz(path: Path) -> Listing:
     try:
         archive = np.load(path, allow_pickle=False)
@@ -273,4 +246,4 @@ def list_npz(path: Path) -> Listing:
     for split, classes in split_classes.items():
         if len(classes) < 2:
             raise UserError(f"{path}: {split} holds only {', '.join(classes) or 'no images'}; every split needs both classes")
-    return Listing("npz", str(path.resolve()), list(NPZ_CLASSES), images, [], "npz val split")
+    return Listing("npz", str(path.resolve()), list(NPZ_CLASSES), images, [])

@@ -1,16 +1,20 @@
 """compare: the four-way study (or any set of backbones x modes), its report, and its analysis.
 
 Inputs: the data, fit and tuning settings of `main`, `tune_trials`, `backbones` (default
-resnet50,efficientnet_b0), `modes` (default finetune,frozen), `weights`, and `report_for` (the
-id of an earlier compare run whose report to rebuild from the store, training nothing).
-Children of the compare run: `prepare`, then one `<backbone>-<mode>-main` run per
-configuration with its own prepare, tune, train and evaluate children, each reused where a
-finished run with identical inputs exists.
+resnet50,efficientnet_b0), `modes` (default finetune,frozen), `weights`, `seeds` (training
+seeds per configuration, default 1) and `report_for` (the id of an earlier compare run whose
+report to rebuild from the store, training nothing).
+Children of the compare run: `prepare`, then one `<backbone>-<mode>-main` run per configuration
+and training seed (tag `seed_index`) with its own prepare, tune (first seed only), train and
+evaluate children, each reused where a finished run with identical inputs exists. A
+configuration whose training diverges is skipped (tag `skipped_configurations`, and a finding).
 Outputs (artifacts under `report/`): `comparison.md`, `comparison.csv`, `comparison.html`
-(self-contained, figures embedded), `learning_curves.png`, `accuracy_and_time.png`,
-`roc_curves.png`, and `analysis/` (`analysis.md`, `analysis.json`,
-`label_noise_candidates.png`): leakage, distribution shift, label-noise candidates, errors and
-the plain-language findings. All numbers are read back from the tracking store.
+(self-contained, figures embedded): the table with 95 % intervals, the paired tests of every
+pair of configurations, the findings; `learning_curves.png`, `accuracy_and_time.png`,
+`roc_curves.png`, `calibration.png`, and `analysis/` (`analysis.md`, `analysis.json`,
+`label_noise_candidates.png`): leakage, distribution shift, label-noise candidates, errors, the
+validation - test gap cause by cause, and the plain-language findings. All numbers are read
+back from the tracking store.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 from pipeline import analysis, plots, report, tracking
 from pipeline.config import CompareConfig, DataConfig, FitConfig, MainConfig, ModelConfig, TuneConfig, UserError, as_params, from_params
 from pipeline.data import Preparation, prepare_dataset
-from pipeline.engine import setup_training
+from pipeline.data.checks import seen_in_train
+from pipeline.engine import Diverged, setup_training
 from pipeline.metrics import positive_index
 from pipeline.steps import prepare
 from pipeline.steps.main import run_configuration
@@ -50,15 +55,9 @@ def run(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneCo
             compare_id = source.info.run_id
         else:
             prep = prepare.run(data, reuse=True).preparation
-            for backbone in cmp.backbones:
-                for mode in cmp.modes:
-                    model = ModelConfig(backbone, mode == "frozen", cmp.weights)
-                    # One study per configuration: a given study_name becomes a prefix.
-                    study = replace(tune_cfg, study_name=f"{tune_cfg.study_name}-{backbone}-{mode}") if tune_cfg.study_name else tune_cfg
-                    print(f"\n== {backbone} ({mode})", flush=True)
-                    with tracking.step_run("main", backbone, mode):
-                        tracking.log_params(as_params(data, model, fit, main_cfg, study))
-                        run_configuration(data, model, fit, main_cfg.tune_trials, study)
+            skipped = run_configurations(data, fit, main_cfg, tune_cfg, cmp)
+            if skipped:
+                mlflow.set_tag("skipped_configurations", json.dumps(skipped))
             compare_id = parent.info.run_id
         folder = write_report(compare_id, prep, data, fit, cmp)
         mlflow.log_artifacts(str(folder), "report")
@@ -68,13 +67,49 @@ def run(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneCo
     return parent.info.run_id
 
 
+def run_configurations(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneConfig, cmp: CompareConfig) -> dict[str, str]:
+    """Every backbone x mode, each with `cmp.seeds` training seeds, as `main` children of the
+    active run. A configuration whose training diverges is skipped, with the reason; the others go on.
+    The learning rate is tuned once per configuration (first seed) and reused by the other seeds."""
+    skipped = {}
+    for backbone in cmp.backbones:
+        for mode in cmp.modes:
+            model = ModelConfig(backbone, mode == "frozen", cmp.weights)
+            # One study per configuration: a given study_name becomes a prefix.
+            study = replace(tune_cfg, study_name=f"{tune_cfg.study_name}-{backbone}-{mode}") if tune_cfg.study_name else tune_cfg
+            seed_fit, trials, lr_source = fit, main_cfg.tune_trials, None
+            for k in range(cmp.seeds):
+                if k:
+                    seed_fit, trials = replace(seed_fit, train_seed=data.seed + k), 0
+                print(f"\n== {backbone} ({mode})" + (f", training seed {k + 1} of {cmp.seeds}" if cmp.seeds > 1 else ""), flush=True)
+                try:
+                    with tracking.step_run("main", backbone, mode):
+                        mlflow.set_tag("seed_index", str(k))
+                        tracking.log_params(as_params(data, model, seed_fit, main_cfg, study))
+                        outcome = run_configuration(data, model, seed_fit, trials, study, lr_source)
+                except Diverged as e:
+                    skipped[f"{backbone} ({mode})"] = str(e)
+                    print(f"skipped {backbone} ({mode}): {e}", flush=True)
+                    break
+                if k == 0 and fit.lr is None:
+                    # The other seeds train at the rate the first one used, tuned once.
+                    seed_fit, lr_source = replace(seed_fit, lr=outcome.lr), f"{mlflow.get_run(outcome.run_id).data.tags['lr_source']}, first seed"
+    return skipped
+
+
 def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitConfig, cmp: CompareConfig) -> Path:
-    rows = tracking.comparison(compare_id)
-    if not rows:
+    all_rows = tracking.comparison(compare_id)
+    if not all_rows:
         raise UserError(f"compare run {compare_id} has no finished configuration to report on")
+    # One row per configuration: the first training seed's model (the one whose intervals and
+    # tests are shown), with the spread over every seed beside it.
+    rows = report.with_seed_spread([r for r in all_rows if r["seed_index"] == 0] or all_rows, all_rows)
+    skipped = json.loads(tracking.get_run(compare_id).data.tags.get("skipped_configurations", "{}"))
     folder = Path(tempfile.mkdtemp()) / "report"
     (folder / "analysis").mkdir(parents=True)
     study = test_set_analysis(rows, prep, data, fit, cmp)
+    study["skipped_configurations"] = skipped
+    study["findings"] = analysis.findings(study)
     (folder / "analysis" / "analysis.json").write_text(json.dumps(study, indent=1, default=str))
     analysis_md = analysis.render(study)
     (folder / "analysis" / "analysis.md").write_text(analysis_md)
@@ -82,20 +117,31 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
         "learning_curves.png": report.figure_png(report.learning_curves_figure(rows)),
         "accuracy_and_time.png": report.figure_png(report.accuracy_and_time_figure(rows)),
         "roc_curves.png": report.figure_png(report.roc_figure(rows, positive_label(prep))),
+        "calibration.png": report.figure_png(report.reliability_figure(study["gap"])),
     }
     figures["analysis/label_noise_candidates.png"] = report.figure_png(label_noise_grid(study["label_noise_candidates"], prep))
     for name, png in figures.items():
         (folder / name).write_bytes(png)
-    table = report.table_markdown(rows)
     title = f"{prep.name}: {len(rows)} configurations (compare run {compare_id})"
-    (folder / "comparison.md").write_text(f"# {title}\n\n{table}\n## Findings\n\n" + "".join(f"- {f}\n" for f in study["findings"]))
-    (folder / "comparison.csv").write_text(report.table_csv(rows))
-    (folder / "comparison.html").write_text(report.html_page(title, rows, figures, analysis_md, study["findings"]))
+    tables = report.table_markdown(rows) + "\n" + report.pairwise_markdown(study["pairwise"])
+    (folder / "comparison.md").write_text(f"# {title}\n\n{tables}\n## Findings\n\n" + "".join(f"- {f}\n" for f in study["findings"]))
+    (folder / "comparison.csv").write_text(report.table_csv(all_rows))
+    (folder / "comparison.html").write_text(report.html_page(title, rows, study["pairwise"], figures, analysis_md, study["findings"]))
     return folder
 
 
 def positive_label(prep: Preparation) -> str:
     return prep.data.classes[positive_index(prep.data.classes)]
+
+
+def _scores(predictions: list[dict], files: list[str], positive: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels (1 = positive) and positive probabilities of a model's predictions, in `files` order."""
+    by_file = {p["file"]: p for p in predictions}
+    missing = [f for f in files if f not in by_file]
+    if missing:
+        raise UserError(f"the logged predictions lack {len(missing)} images of the data set (e.g. {missing[0]}): evaluate again")
+    return (np.array([by_file[f]["true_label"] == positive for f in files], dtype=int),
+            np.array([float(by_file[f]["probability"]) for f in files]))
 
 
 def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit: FitConfig, cmp: CompareConfig) -> dict:
@@ -121,15 +167,26 @@ def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit
             "val_acc": r["val_acc"],
             "test_acc": r["test_acc"],
         }
-    study = {
+    files = {s: d.files(s) for s in ("val", "test")}
+    seen_val = seen_in_train(manifest, "val", data.patient_pattern)
+    test_scores, gap = {}, {}
+    for r in rows:
+        y_val, p_val = _scores(r["val_predictions"], files["val"], positive)
+        y_test, p_test = _scores(r["test_predictions"], files["test"], positive)
+        test_scores[report.label(r)] = p_test
+        threshold = r["val_threshold"] if r.get("val_threshold") is not None else 0.5
+        gap[report.label(r)] = analysis.gap_causes(y_val, p_val, seen_val, y_test, p_test, threshold, data.seed)
+    return {
         "leakage": analysis.leakage(manifest, images, data.patient_pattern),
         "shift": shift,
         "label_noise_candidates": analysis.label_noise_candidates(predictions, positive, LABEL_NOISE_CONFIDENCE),
         "label_noise_confidence": LABEL_NOISE_CONFIDENCE,
         "errors": analysis.error_breakdown(errors),
+        "intervals": {report.label(r): {m: [r.get(f"test_{m}"), r.get(f"test_{m}_ci_low"), r.get(f"test_{m}_ci_high")] for m in ("acc", "auc")} for r in rows},
+        "seeds": {report.label(r): r["seed_spread"] for r in rows if r["seed_spread"]["n"] > 1},
+        "pairwise": analysis.pairwise_tests(y_test, test_scores) if len(rows) > 1 else [],
+        "gap": gap,
     }
-    study["findings"] = analysis.findings(study)
-    return study
 
 
 def label_noise_grid(candidates: list[dict], prep: Preparation):

@@ -24,8 +24,10 @@ import torch
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from pipeline import plots, tracking
+from pipeline.analysis.uncertainty import metric_intervals
 from pipeline.config import DataConfig, EvaluateConfig, UserError, from_params
 from pipeline.data import prepare_dataset
+from pipeline.data.checks import seen_in_train
 from pipeline.engine import Device, pick_device, predict_proba
 from pipeline.metrics import binary_scores, log_loss, positive_index, youden_threshold
 from pipeline.steps.prepare import data_params
@@ -95,6 +97,8 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
         scores = {s: score(labels[s], probs[s], classes) for s in SPLITS}
         threshold = youden_threshold((labels["val"] == positive_index(classes)).astype(int), probs["val"][:, positive_index(classes)])
         at_val = score(labels["test"], probs["test"], classes, threshold)
+        pos = positive_index(classes)
+        intervals = metric_intervals(labels["test"] == pos, probs["test"][:, pos], 0.5, data_cfg.seed)
         metrics = {
             "train_acc": scores["train"]["acc"],
             "val_acc": scores["val"]["acc"],
@@ -103,17 +107,34 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
             **{f"test_{k}": scores["test"][k] for k in ("acc", "auc", "f1", "precision", "sensitivity", "specificity")},
             "val_threshold": threshold,
             **{f"test_{k}_at_val_threshold": at_val[k] for k in ("acc", "sensitivity", "specificity")},
+            **{f"test_{k}_ci_{side}": getattr(interval, side) for k, interval in intervals.items() for side in ("low", "high")},
+            **patient_disjoint_metrics(data.manifest(), labels, probs, classes, data_cfg.patient_pattern),
         }
         mlflow.log_metrics(metrics)
         _log_figures(labels, probs, classes, scores, threshold, f"{backbone} ({mode})")
         for split in ("val", "test"):
             tracking.log_text(_predictions_csv(data.files(split), labels[split], probs[split], classes, threshold), f"predictions/{split}.csv")
+    ci = lambda k: f"{metrics[f'test_{k}']:.3f} [{metrics[f'test_{k}_ci_low']:.3f}, {metrics[f'test_{k}_ci_high']:.3f}]"
     print(
-        f"test acc {metrics['test_acc']:.3f}, AUC {metrics['test_auc']:.3f}, sensitivity {metrics['test_sensitivity']:.3f}, "
-        f"specificity {metrics['test_specificity']:.3f} (at the validation threshold {threshold:.3f}: "
+        f"test acc {ci('acc')}, AUC {ci('auc')}, sensitivity {ci('sensitivity')}, specificity {ci('specificity')} "
+        f"(95 % intervals; at the validation threshold {threshold:.3f}: "
         f"{metrics['test_sensitivity_at_val_threshold']:.3f} / {metrics['test_specificity_at_val_threshold']:.3f})"
     )
     return Evaluated(active.info.run_id, metrics, reused=False)
+
+
+def patient_disjoint_metrics(rows, labels: dict, probs: dict, classes: list[str], pattern: str) -> dict[str, float]:
+    """Accuracy of val and test on images of patients train has seen and of those it has not."""
+    metrics = {}
+    for split in ("val", "test"):
+        seen = seen_in_train(rows, split, pattern)
+        pos = positive_index(classes)
+        right = (probs[split][:, pos] >= 0.5) == (labels[split] == pos)
+        for name, members in (("seen", seen), ("unseen", ~seen)):
+            metrics[f"{split}_n_{name}_patients"] = int(members.sum())
+            if members.any():
+                metrics[f"{split}_acc_{name}_patients"] = float(right[members].mean())
+    return metrics
 
 
 def _log_figures(labels, probs, classes, scores, threshold, title) -> None:

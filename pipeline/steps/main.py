@@ -23,6 +23,9 @@ from pipeline.config import DataConfig, EvaluateConfig, FitConfig, MainConfig, M
 from pipeline.steps import evaluate, prepare, train, tune
 
 
+INTERVALS = tuple(f"test_{m}_ci_{side}" for m in ("acc", "auc") for side in ("low", "high"))
+
+
 @dataclass
 class Outcome:
     run_id: str
@@ -32,8 +35,11 @@ class Outcome:
     lr: float = 0.0
 
 
-def run_configuration(data: DataConfig, model: ModelConfig, fit: FitConfig, tune_trials: int, tune_cfg: TuneConfig = TuneConfig()) -> Outcome:
-    """The children of one configuration, in the active (parent) run; shared with `compare`."""
+def run_configuration(
+    data: DataConfig, model: ModelConfig, fit: FitConfig, tune_trials: int, tune_cfg: TuneConfig = TuneConfig(), lr_source: str | None = None
+) -> Outcome:
+    """The children of one configuration, in the active (parent) run; shared with `compare`.
+    Tag `lr_source` says how the rate was chosen: tuned, given, default (or what the caller says)."""
     outcome = Outcome(run_id=mlflow.active_run().info.run_id)
 
     def record(step: str, run_id: str, reused: bool) -> None:
@@ -56,11 +62,12 @@ def run_configuration(data: DataConfig, model: ModelConfig, fit: FitConfig, tune
     train_metrics = tracking.get_run(trained.run_id).data.metrics
     outcome.lr = trained.lr
     outcome.metrics = {
-        **{k: evaluated.metrics[k] for k in ("test_acc", "test_auc", "val_acc", "test_sensitivity", "test_specificity")},
+        **{k: evaluated.metrics[k] for k in ("test_acc", "test_auc", "val_acc", "test_sensitivity", "test_specificity") + INTERVALS if k in evaluated.metrics},
         "train_time_s": train_metrics["train_time_s"],
     }
     mlflow.set_tags({f"{step}_run_id": run_id for step, run_id in outcome.run_ids.items()})
     mlflow.set_tag("reused_steps", ",".join(outcome.reused) or "none")
+    mlflow.set_tag("lr_source", lr_source or ("tuned" if tuned_lr is not None else "given" if fit.lr is not None else "default"))
     mlflow.log_metrics(outcome.metrics)
     return outcome
 
@@ -71,7 +78,8 @@ def run(data: DataConfig, model: ModelConfig, fit: FitConfig, main_cfg: MainConf
         outcome = run_configuration(data, model, fit, main_cfg.tune_trials, tune_cfg)
     m = outcome.metrics
     print(
-        f"\n{model.backbone} ({model.mode}), lr {outcome.lr:.3g}: test accuracy {m['test_acc']:.3f}, AUC {m['test_auc']:.3f}, "
+        f"\n{model.backbone} ({model.mode}), lr {outcome.lr:.3g}: test accuracy {m['test_acc']:.3f} [{m['test_acc_ci_low']:.3f}, {m['test_acc_ci_high']:.3f}], "
+        f"AUC {m['test_auc']:.3f} [{m['test_auc_ci_low']:.3f}, {m['test_auc_ci_high']:.3f}] (95 % intervals), "
         f"sensitivity {m['test_sensitivity']:.3f}, specificity {m['test_specificity']:.3f}; "
         f"training time {m['train_time_s']:.1f} s"
     )

@@ -1,10 +1,11 @@
 """prepare: find and check the data set, decode it once into the cache, and log what it holds.
 
-Inputs: data_dir, image_size, val_fraction, seed, cache_dir, patient_pattern.
+Inputs: data_dir, image_size, val_source, val_fraction, seed, cache_dir, patient_pattern.
 Outputs (run `prepare`): those settings plus `data_digest`, `data_path`, `n_train`, `n_val`,
 `n_test` as parameters; the data set as the run's input (name and digest); metrics
 `n_rejected`, `n_ignored`, `n_duplicate_groups`, `n_cross_split_duplicate_groups` and
-`n_shared_patients_<a>_<b>`; artifacts `data/manifest.csv`, `data/data_report.md` and `.json`.
+`n_shared_patients_<a>_<b>`; tag `validation` (folder or split: how validation was obtained, the
+reason in the data report); artifacts `data/manifest.csv`, `data/data_report.md` and `.json`.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def run(data: DataConfig, backbone: str | None = None, mode: str | None = None, 
         tracking.log_file(prep.data.manifest_path, "data")
         tracking.log_text(render_report(report), "data/data_report.md")
         tracking.log_json(report, "data/data_report.json")
-        mlflow.set_tag("cache_reused", str(prep.cache_reused).lower())
+        mlflow.set_tags({"cache_reused": str(prep.cache_reused).lower(), "validation": prep.data.validation["source"]})
     print(_summary(prep))
     return Prepared(prep, active.info.run_id, reused=False)
 
@@ -70,7 +71,8 @@ def _summary(prep: Preparation) -> str:
     sizes = ", ".join(f"{s} {n}" for s, n in prep.data.split_sizes.items())
     return (
         f"prepared {prep.name} ({prep.data.digest}): {sizes}; {len(r['rejected'])} rejected, "
-        f"{len(r['ignored'])} ignored, {r['duplicates']['n_groups_across_splits']} duplicate groups across splits"
+        f"{len(r['ignored'])} ignored, {r['duplicates']['n_groups_across_splits']} duplicate groups across splits\n"
+        f"validation: {prep.data.val_origin}"
     )
 
 

@@ -17,6 +17,7 @@ only a new head on them.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import optuna
 from pipeline import plots, tracking, tuning
 from pipeline.config import DataConfig, FitConfig, ModelConfig, TrialsConfig, TuneConfig, as_params
 from pipeline.data import Preparation
-from pipeline.engine import EpochStats, TrainingSetup, setup_training, train_classifier
+from pipeline.engine import Diverged, EpochStats, Features, TrainingSetup, setup_training, train_classifier
 from pipeline.steps.prepare import data_params
 
 # What a trial may raise without stopping the study: numerical trouble, a bad batch... The
@@ -84,10 +85,15 @@ def run(
             "n_trials_pruned": summary.n_pruned,
             "n_trials_failed": summary.n_failed,
             "n_trials_run": objective.trials_run,
-            "feature_extraction_s": objective.extraction_s,
         })
-        if objective.features_cached is not None:
-            mlflow.set_tag("features_cached", str(objective.features_cached).lower())
+        if objective.features is not None:
+            # Measured here only if a trial of this run extracted them; else their cost, and where.
+            mlflow.set_tag("features_cached", str(objective.features.cached).lower())
+            if objective.features.extraction_s:
+                mlflow.log_metric("feature_extraction_s", objective.features.extraction_s)
+            if objective.features.cached_from:
+                mlflow.log_metric("cached_features_cost_s", objective.features.cached_extraction_s)
+                mlflow.set_tag("cached_features_measured_in", json.dumps(objective.features.cached_from))
         _log_figures(study)
     print(
         f"best lr {summary.best_lr:.3g} (val loss {summary.best_val_loss:.4f}); study {name}: "
@@ -104,8 +110,7 @@ class Objective:
         self.setup = setup
         self.lr_range = lr_range
         self.trials_run = 0
-        self.extraction_s = 0.0
-        self.features_cached: bool | None = None  # as found by the first trial
+        self.features: Features | None = None  # as found by the first trial
 
     def __call__(self, trial: optuna.Trial) -> float:
         s = self.setup
@@ -117,13 +122,11 @@ class Objective:
                 mlflow.set_tags({"trial": str(trial.number), "study_name": trial.study.study_name})
                 mlflow.log_params({"lr": f"{lr:.6g}", "trial": str(trial.number)})
                 model = s.new_model()
-                features = s.features(model)
-                if features is not None and self.features_cached is None:
-                    self.extraction_s, self.features_cached = features.extraction_s, features.cached
+                features = s.features(model, measured_in={"run_id": mlflow.active_run().info.run_id, "device": s.device.type})
+                if self.features is None:
+                    self.features = features
 
                 def should_stop(stats: EpochStats) -> bool:
-                    if not math.isfinite(stats.val_loss):  # diverged: no later epoch will mend it
-                        raise optuna.TrialPruned(f"validation loss is {stats.val_loss} at epoch {stats.epoch}")
                     if trial.should_prune():
                         raise optuna.TrialPruned(f"pruned at epoch {stats.epoch}")
                     return False
@@ -134,10 +137,13 @@ class Objective:
                         recorder(stats, state, make_checkpoint)
                         trial.report(stats.val_loss, stats.epoch)
 
-                    state = train_classifier(
-                        model, s.prep.data, s.fit, lr, s.device, s.data.seed,
-                        features=features.splits if features else None, on_epoch=on_epoch, should_stop=should_stop,
-                    )
+                    try:
+                        state = train_classifier(
+                            model, s.prep.data, s.fit, lr, s.device, s.seed,
+                            features=features.splits if features else None, on_epoch=on_epoch, should_stop=should_stop,
+                        )
+                    except Diverged as e:  # a rate too high for this configuration: the search moves on
+                        raise optuna.TrialPruned(str(e).split(";")[0]) from None
                 mlflow.log_metrics({"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch})
         except optuna.TrialPruned as e:
             print(f"trial {trial.number}: lr {lr:.3g} -> {e}", flush=True)

@@ -1,0 +1,185 @@
+"""Plain words: the findings built from the numbers, and the analysis as Markdown."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+
+from pipeline.data.checks import SPLIT_ORDER
+
+
+def _interval(c: dict, unit: str = " points") -> str:
+    return f"{c['value']:+.1f}{unit} [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
+
+
+CAUSE_WORDS = {
+    "leakage": "patients (or identical images) shared by train and validation",
+    "prevalence": "the different class balance of validation and test at a fixed threshold",
+    "residual": "what balance and leakage leave unexplained (distribution shift, label noise, chance)",
+}
+
+
+def comparison_findings(analysis: dict) -> list[str]:
+    """Which differences between models this test set can tell apart, with the p-values."""
+    out = []
+    pairs = analysis.get("pairwise") or []
+    for metric, test in (("acc", "McNemar's exact test"), ("auc", "DeLong's test")):
+        told = [p for p in pairs if p[metric]["distinguishable"]]
+        if not pairs:
+            break
+        name = "accuracy" if metric == "acc" else "AUC"
+        parts = []
+        for p in pairs:
+            a, b = (p["acc_a"], p["acc_b"]) if metric == "acc" else (p["auc"]["auc_a"], p["auc"]["auc_b"])
+            parts.append(f"{p['a']} {a:.3f} vs {p['b']} {b:.3f}: p = {p[metric]['p_value']:.3g} (Holm {p[metric]['p_holm']:.3g}), "
+                         + ("distinguishable" if p[metric]["distinguishable"] else "not distinguishable"))
+        out.append(f"{name.capitalize()} ({test}, paired on the same test images): {len(told)} of {len(pairs)} pairs differ beyond chance "
+                   f"at 5 % after Holm's correction; " + "; ".join(parts) + ".")
+    for name, spread in (analysis.get("seeds") or {}).items():
+        out.append(f"Over {spread['n']} training seeds {name} scores test accuracy {spread['test_acc_mean']:.3f} +- {spread['test_acc_sd']:.3f} "
+                   f"(mean +- sd) and AUC {spread['test_auc_mean']:.3f} +- {spread['test_auc_sd']:.3f}.")
+    return out
+
+
+def gap_findings(analysis: dict) -> list[str]:
+    """Each model's validation - test gap split into causes; which are supported, which ruled out."""
+    out = []
+    verdicts: dict[str, dict[str, list[str]]] = {c: {} for c in CAUSE_WORDS}
+    for name, g in (analysis.get("gap") or {}).items():
+        c = g["causes"]
+        out.append(
+            f"{name}: validation - test gap {_interval(c['gap'])} = leakage {_interval(c['leakage'])} + prevalence {_interval(c['prevalence'])} "
+            f"+ residual {_interval(c['residual'])} (95 % bootstrap intervals). A threshold chosen on test would add {c['threshold_oracle']['value']:.1f} points "
+            f"(oracle, to explain only: the threshold used comes from validation)."
+        )
+        for cause in CAUSE_WORDS:
+            verdicts[cause].setdefault(c[cause]["verdict"], []).append(name)
+        for split, words in (("val", "validation"), ("test", "test")):
+            over = c[f"overconfidence_{split}"]
+            calibrated = g["calibration"][split]
+            if over["overconfident"]:
+                out.append(
+                    f"{name} is overconfident on {words}: mean confidence {calibrated['mean_confidence']:.3f} against accuracy {calibrated['accuracy']:.3f} "
+                    f"({_interval(over)}; expected calibration error {calibrated['ece']:.3f}, Brier score {calibrated['brier']:.3f}): its probabilities "
+                    "overstate its certainty, so its loss is high even where its accuracy is not."
+                )
+    for cause, words in CAUSE_WORDS.items():
+        by_verdict = verdicts[cause]
+        if by_verdict.get("supported"):
+            out.append(f"Supported as a cause of the gap: {words}, for {', '.join(by_verdict['supported'])} (interval above 0).")
+        if by_verdict.get("ruled out"):
+            out.append(f"Ruled out as a cause of more than 2 points: {words}, for {', '.join(by_verdict['ruled out'])} (whole interval within +-2 points).")
+        if by_verdict.get("against"):
+            out.append(f"Working against the gap (raising test accuracy): {words}, for {', '.join(by_verdict['against'])}.")
+        if by_verdict.get("undecided"):
+            out.append(f"Not decided by this data (interval spans 0 and more than 2 points): {words}, for {', '.join(by_verdict['undecided'])}.")
+    return out
+
+
+def findings(analysis: dict) -> list[str]:
+    """Sentences built from the numbers, most telling first."""
+    out = []
+    for name, reason in (analysis.get("skipped_configurations") or {}).items():
+        out.append(f"{name} was skipped: {reason}.")
+    out += comparison_findings(analysis)
+    out += gap_findings(analysis)
+    errors = analysis.get("errors", {})
+    if errors:
+        gaps = {name: e["val_minus_test_points"] for name, e in errors.items()}
+        mean_gap = float(np.mean(list(gaps.values())))
+        low, high = min(gaps, key=gaps.get), max(gaps, key=gaps.get)
+        direction = "above" if mean_gap >= 0 else "below"
+        out.append(
+            f"Validation accuracy is {abs(mean_gap):.1f} points {direction} test accuracy on average over {len(gaps)} models "
+            f"(validation - test: {gaps[low]:+.1f} points for {low} to {gaps[high]:+.1f} for {high})."
+        )
+        fp, fn = sum(e["false_positives"] for e in errors.values()), sum(e["false_negatives"] for e in errors.values())
+        if fp + fn:
+            kind = "false positives (NORMAL called PNEUMONIA)" if fp > fn else "false negatives (PNEUMONIA missed)"
+            out.append(f"Most test errors are {kind}: {fp} false positives against {fn} false negatives, summed over the models.")
+    leak = analysis["leakage"]
+    patients = leak["patients"]
+    if patients.get("checked"):
+        for pair, overlap in patients["overlap"].items():
+            a, b = pair.split("-")
+            if overlap["n_patients"]:
+                out.append(f"{overlap['n_patients']} {b} patients also have images in {a} ({overlap['n_images'][b]} {b} images): those images test memory of a patient, not diagnosis.")
+        naive = leak.get("naive_key_shared_patients", {})
+        right = {pair: o["n_patients"] for pair, o in patients["overlap"].items()}
+        for pair, count in naive.items():
+            if count > right.get(pair, 0):
+                a, b = pair.split("-")
+                out.append(
+                    f"Keyed by the number alone, {count} patients would seem shared by {a} and {b}; keyed as the Kaggle names require "
+                    f"(number and infection type: person1_bacteria and person1_virus are two children) there are {right.get(pair, 0)}."
+                )
+    if leak["n_exact_groups_across_splits"] or leak["n_near_duplicate_pairs"]:
+        out.append(
+            f"{leak['n_exact_groups_across_splits']} groups of identical images and {leak['n_near_duplicate_pairs_not_exact']} further near-identical pairs "
+            f"(perceptual hashes within {leak['near_duplicate_max_bits']} of 255 bits) cross split boundaries."
+        )
+    balance = analysis["shift"]["class_balance"]
+    if "train" in balance and "test" in balance:
+        out.append(f"PNEUMONIA is {100 * balance['train']:.0f} % of train and {100 * balance['test']:.0f} % of test.")
+    auc = analysis["shift"].get("domain_auc")
+    if auc is not None:
+        verdict = "clearly distinguishable: the test set comes from a shifted distribution" if auc >= 0.7 else "hard to tell apart: little sign of distribution shift" if auc < 0.6 else "somewhat distinguishable: a mild shift"
+        out.append(f"A classifier on {analysis['shift']['domain_features']} features tells train from test images with AUC {auc:.2f} (0.5 = no difference): {verdict}.")
+    stats = analysis["shift"]["image_statistics"]
+    if "train" in stats and "test" in stats:
+        t, s = stats["train"], stats["test"]
+        out.append(f"Mean intensity is {t['intensity_mean']:.1f} in train and {s['intensity_mean']:.1f} in test; contrast {t['contrast_mean']:.1f} and {s['contrast_mean']:.1f}.")
+    noise = analysis.get("label_noise_candidates")
+    if noise is not None:
+        out.append(
+            f"{len(noise)} test images are misclassified by every model with at least {int(100 * analysis['label_noise_confidence'])} % confidence: "
+            "candidates for label noise, shown in label_noise_candidates.png for review."
+        )
+    return out
+
+
+def render(analysis: dict, max_listed: int = 30) -> str:
+    lines = ["# Test-set analysis", "", "## Findings", ""] + [f"- {f}" for f in analysis["findings"]]
+    leak = analysis["leakage"]
+    lines += ["", "## Leakage", "", "| splits | shared patients | exact duplicate groups | near-duplicate pairs |", "|---|---|---|---|"]
+    patients = leak["patients"].get("overlap", {})
+    for a, b in combinations(SPLIT_ORDER, 2):
+        pair = f"{a}-{b}"
+        exact = sum({f["split"] for f in g["files"]} >= {a, b} for g in leak["exact_duplicates_across_splits"])
+        near = sum({p["split_a"], p["split_b"]} == {a, b} for p in leak["near_duplicates_across_splits"])
+        lines.append(f"| {a} & {b} | {patients.get(pair, {}).get('n_patients', 'n/a')} | {exact} | {near} |")
+    if leak["near_duplicates_across_splits"]:
+        lines += ["", "Near-duplicate pairs (Hamming distance of the perceptual hashes):", ""]
+        lines += [f"- `{p['file_a']}` ~ `{p['file_b']}` ({p['bits']} bits)" for p in leak["near_duplicates_across_splits"][:max_listed]]
+    shift = analysis["shift"]
+    lines += ["", "## Distribution shift", "", "| split | % PNEUMONIA | images | mean width | mean height | mean intensity | contrast |", "|---|---|---|---|---|---|---|"]
+    for split, s in shift["image_statistics"].items():
+        lines.append(f"| {split} | {100 * shift['class_balance'][split]:.1f} | {s['n']} | {s['width_mean']:.0f} | {s['height_mean']:.0f} | {s['intensity_mean']:.1f} | {s['contrast_mean']:.1f} |")
+    if shift.get("domain_auc") is not None:
+        lines += ["", f"Train vs test, classifier on {shift['domain_features']} features: AUC {shift['domain_auc']:.3f}."]
+    if analysis.get("errors"):
+        lines += ["", "## Errors on test", "", "| model | false positives | false negatives | val acc | test acc | val - test (points) |", "|---|---|---|---|---|---|"]
+        for name, e in analysis["errors"].items():
+            lines.append(f"| {name} | {e['false_positives']} | {e['false_negatives']} | {e['val_acc']:.3f} | {e['test_acc']:.3f} | {e['val_minus_test_points']:.1f} |")
+    if analysis.get("gap"):
+        lines += ["", "## The validation - test gap, cause by cause (accuracy points, 95 % intervals)", "",
+                  "| model | gap | leakage | prevalence | residual | threshold oracle | val acc seen / unseen patients | ECE val / test | overconfidence val / test |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, g in analysis["gap"].items():
+            c, pt = g["causes"], g["patients"]
+            seen = "/".join(f"{pt[k]['value']:.3f} (n {pt[k]['n']})" if pt[k]["n"] else "- (n 0)" for k in ("val_acc_seen_patients", "val_acc_unseen_patients"))
+            lines.append(
+                f"| {name} | {_interval(c['gap'], '')} | {_interval(c['leakage'], '')} {c['leakage']['verdict']} | {_interval(c['prevalence'], '')} {c['prevalence']['verdict']} "
+                f"| {_interval(c['residual'], '')} {c['residual']['verdict']} | {c['threshold_oracle']['value']:+.1f} | {seen} "
+                f"| {g['calibration']['val']['ece']:.3f} / {g['calibration']['test']['ece']:.3f} | {c['overconfidence_val']['value']:+.1f} / {c['overconfidence_test']['value']:+.1f} |"
+            )
+        lines += ["", "Threshold (never chosen on test): test accuracy at 0.5, at the validation threshold, and at the best test threshold (oracle):", ""]
+        for name, g in analysis["gap"].items():
+            t = g["threshold"]
+            lines.append(f"- {name}: {t['test_acc_at_0.5']:.3f} at 0.5; {t['test_acc_at_val_threshold']:.3f} at {t['val_threshold']:.3f} (validation); "
+                         f"{t['oracle_test_acc']:.3f} at {t['oracle_threshold']:.3f} (oracle)")
+    noise = analysis.get("label_noise_candidates") or []
+    lines += ["", f"## Label-noise candidates: {len(noise)}", ""]
+    lines += [f"- `{c['file']}` labelled {c['true_label']}, wrong class at {c['mean_probability_of_wrong_class']:.2f}" for c in noise[:max_listed]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,116 @@
+"""Where validation comes from, and a validation split that shares no patient with train.
+
+Every choice the pipeline makes (the epoch kept, the learning rate, the threshold, the champion)
+is made on validation, so validation must be as new to the model as test is. Cut image by image
+from train/, it is not: on the Kaggle data a child's three radiographs, or the same picture saved
+twice, land on both sides and validation measures memory. Here the images are grouped (every image
+of a patient and every exact duplicate in one group; an image with neither stands alone) and
+scikit-learn's `StratifiedGroupKFold` holds out whole groups, keeping the class balance.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from sklearn.model_selection import StratifiedGroupKFold
+
+from pipeline.config import UserError
+from pipeline.data.checks import patient_id
+from pipeline.data.sources import SourceImage
+
+# Fewer validation images of a class than this cannot choose an epoch, a learning rate or a
+# threshold: one image is 2 points of that class's accuracy. The Kaggle download's val/ has 8.
+MIN_VAL_PER_CLASS = 50
+
+
+@dataclass(frozen=True)
+class ValidationPlan:
+    """How validation is obtained: the source's own val split ("folder") or a patient-grouped
+    split of train/ ("split", val/ images added to train first), and why."""
+
+    source: str
+    reason: str
+
+
+def choose_validation(images: list[SourceImage], classes: list[str], val_source: str) -> ValidationPlan:
+    counts = Counter(i.label for i in images if i.split == "val")
+    described = ", ".join(f"{c} {counts[c]}" for c in classes)
+    has_val = bool(counts)
+    if val_source == "folder":
+        if not has_val:
+            raise UserError("val_source=folder but the data set has no val/ split; use val_source=auto or split")
+        few = min(counts[c] for c in classes) < MIN_VAL_PER_CLASS
+        warning = f"; fewer than {MIN_VAL_PER_CLASS} images of a class: choices made on it are noisy" if few else ""
+        return ValidationPlan("folder", f"val_source=folder: the val/ split as given ({described}){warning}")
+    if val_source == "split":
+        joined = f"its val/ images ({described}) joined train/ first" if has_val else "there is no val/ split"
+        return ValidationPlan("split", f"val_source=split: validation re-split from train/ by patient; {joined}")
+    if not has_val:
+        return ValidationPlan("split", "val_source=auto: there is no val/ split, so validation is cut from train/ by patient")
+    if min(counts[c] for c in classes) >= MIN_VAL_PER_CLASS:
+        return ValidationPlan("folder", f"val_source=auto: val/ holds at least {MIN_VAL_PER_CLASS} images of every class ({described})")
+    return ValidationPlan(
+        "split",
+        f"val_source=auto: val/ holds too few images ({described}; fewer than {MIN_VAL_PER_CLASS} of a class) to choose an epoch, "
+        "a learning rate or a threshold, so its images joined train/ and validation was re-split from train/ by patient",
+    )
+
+
+def leakage_groups(images: list[SourceImage], content_hashes: list[str | None], pattern: str) -> np.ndarray:
+    """A group number per image: images linked by a patient id or identical decoded pixels
+    (directly or through a chain of such links) share one; an image with neither is alone."""
+    compiled = re.compile(pattern) if pattern else None
+    keys: dict[str, int] = {}
+    rows, cols = [], []
+    for k, (image, content) in enumerate(zip(images, content_hashes)):
+        patient = patient_id(image.relpath, compiled) if compiled else None
+        for key in (f"patient:{patient}" if patient else None, f"pixels:{content}" if content else None):
+            if key is not None:
+                rows.append(k)
+                cols.append(keys.setdefault(key, len(keys)))
+    # A bipartite graph of images and keys: its connected components are the groups.
+    n = len(images) + len(keys)
+    edges = coo_matrix((np.ones(len(rows)), (rows, [len(images) + c for c in cols])), shape=(n, n))
+    _, component = connected_components(edges, directed=False)
+    return component[: len(images)]
+
+
+def split_by_patient(
+    images: list[SourceImage], content_hashes: list[str | None], classes: list[str], val_fraction: float, seed: int, pattern: str
+) -> tuple[list[SourceImage], str]:
+    """train/ (with any val/ images folded in) split into train and val by group, stratified by
+    class and seeded; returns the images with their new splits and a sentence saying how."""
+    pool = [k for k, i in enumerate(images) if i.split in ("train", "val")]
+    groups = leakage_groups([images[k] for k in pool], [content_hashes[k] for k in pool], pattern)
+    labels = np.array([classes.index(images[k].label) for k in pool])
+    n_folds = max(2, round(1 / val_fraction))
+    n_groups = len(set(groups.tolist()))
+    if n_groups < n_folds:
+        raise UserError(
+            f"train/ holds {n_groups} patients (or duplicate groups): too few to hold out val_fraction={val_fraction:g} "
+            "by patient; add images, raise val_fraction, or provide a val/ folder with val_source=folder"
+        )
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    _, val_rows = next(folds.split(np.zeros(len(pool)), labels, groups))
+    to_val = {pool[k] for k in val_rows}
+    in_pool = set(pool)
+    result = [replace(i, split="val" if k in to_val else "train") if k in in_pool else i for k, i in enumerate(images)]
+    for label in classes:
+        sides = Counter(i.split for i in result if i.label == label and i.split != "test")
+        if not sides["train"] or not sides["val"]:
+            raise UserError(
+                f"class {label} has too few patients in train/ to appear in both train and validation "
+                f"({sides['train']} train, {sides['val']} val images); add images or provide a val/ folder with val_source=folder"
+            )
+    share = len(to_val) / len(pool)
+    how = (
+        f"grouped by {'patient id (patient_pattern) and exact duplicates' if pattern else 'exact duplicates only (patient_pattern is empty)'}: "
+        f"{n_groups} groups, first of {n_folds} StratifiedGroupKFold folds (val_fraction {val_fraction:g}, seed {seed}), "
+        f"{len(to_val)} of {len(pool)} images ({100 * share:.1f} %) to validation"
+    )
+    return result, how
