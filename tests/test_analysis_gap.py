@@ -77,3 +77,18 @@ def test_no_leak_and_no_shift_are_ruled_out_and_overconfidence_is_named():
 @pytest.mark.parametrize("low, high, expected", [(0.5, 3, "supported"), (-3, -0.5, "against"), (-1, 1.5, "ruled out"), (-1, 5, "undecided")])
 def test_verdicts(low, high, expected):
     assert verdict(low, high) == expected
+
+
+def test_test_images_of_seen_patients_are_scored_apart():
+    rng = np.random.default_rng(4)
+    y_val, p_val = predictions(rng, 400, 0.5, 0.8, 0.8)
+    y_test, p_test = predictions(rng, 400, 0.5, 0.8, 0.8)
+    seen_test = np.arange(400) < 100
+    p_test[seen_test] = np.where(y_test[seen_test] == 1, 0.9, 0.1)  # remembered
+    g = gap_causes(y_val, p_val, np.zeros(400, bool), y_test, p_test, 0.5, seed=0, seen_test=seen_test)
+    seen, unseen = g["patients"]["test_acc_seen_patients"], g["patients"]["test_acc_unseen_patients"]
+    assert (seen["value"], seen["n"], unseen["n"]) == (1.0, 100, 300)
+    assert unseen["value"] == pytest.approx(np.mean((p_test[100:] >= 0.5) == (y_test[100:] == 1)))
+    words = findings({"gap": {"m": g}, "leakage": {"patients": {}, "n_exact_groups_across_splits": 0, "n_near_duplicate_pairs": 0},
+                      "shift": {"class_balance": {}, "image_statistics": {}}})
+    assert any("m: 100 test images belong to patients" in w and "the unseen figure" in w for w in words)

@@ -28,13 +28,13 @@ def comparison_findings(analysis: dict) -> list[str]:
         told = [p for p in pairs if p[metric]["distinguishable"]]
         if not pairs:
             break
-        name = "accuracy" if metric == "acc" else "AUC"
+        name = "Accuracy" if metric == "acc" else "AUC"
         parts = []
         for p in pairs:
             a, b = (p["acc_a"], p["acc_b"]) if metric == "acc" else (p["auc"]["auc_a"], p["auc"]["auc_b"])
             parts.append(f"{p['a']} {a:.3f} vs {p['b']} {b:.3f}: p = {p[metric]['p_value']:.3g} (Holm {p[metric]['p_holm']:.3g}), "
                          + ("distinguishable" if p[metric]["distinguishable"] else "not distinguishable"))
-        out.append(f"{name.capitalize()} ({test}, paired on the same test images): {len(told)} of {len(pairs)} pairs differ beyond chance "
+        out.append(f"{name} ({test}, paired on the same test images): {len(told)} of {len(pairs)} pairs differ beyond chance "
                    f"at 5 % after Holm's correction; " + "; ".join(parts) + ".")
     for name, spread in (analysis.get("seeds") or {}).items():
         out.append(f"Over {spread['n']} training seeds {name} scores test accuracy {spread['test_acc_mean']:.3f} +- {spread['test_acc_sd']:.3f} "
@@ -55,6 +55,13 @@ def gap_findings(analysis: dict) -> list[str]:
         )
         for cause in CAUSE_WORDS:
             verdicts[cause].setdefault(c[cause]["verdict"], []).append(name)
+        seen, unseen = g["patients"]["test_acc_seen_patients"], g["patients"]["test_acc_unseen_patients"]
+        if seen["n"]:
+            out.append(
+                f"{name}: {seen['n']} test images belong to patients (or are pictures) train also holds; accuracy on them "
+                f"{seen['value']:.3f} [{seen['low']:.3f}, {seen['high']:.3f}], on the {unseen['n']} others {unseen['value']:.3f} "
+                f"[{unseen['low']:.3f}, {unseen['high']:.3f}]: the unseen figure is the one that measures diagnosis."
+            )
         for split, words in (("val", "validation"), ("test", "test")):
             over = c[f"overconfidence_{split}"]
             calibrated = g["calibration"][split]
@@ -164,14 +171,15 @@ def render(analysis: dict, max_listed: int = 30) -> str:
             lines.append(f"| {name} | {e['false_positives']} | {e['false_negatives']} | {e['val_acc']:.3f} | {e['test_acc']:.3f} | {e['val_minus_test_points']:.1f} |")
     if analysis.get("gap"):
         lines += ["", "## The validation - test gap, cause by cause (accuracy points, 95 % intervals)", "",
-                  "| model | gap | leakage | prevalence | residual | threshold oracle | val acc seen / unseen patients | ECE val / test | overconfidence val / test |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| model | gap | leakage | prevalence | residual | threshold oracle | val acc seen / unseen patients | test acc seen / unseen patients | ECE val / test | overconfidence val / test |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, g in analysis["gap"].items():
             c, pt = g["causes"], g["patients"]
-            seen = "/".join(f"{pt[k]['value']:.3f} (n {pt[k]['n']})" if pt[k]["n"] else "- (n 0)" for k in ("val_acc_seen_patients", "val_acc_unseen_patients"))
+            seen = {split: " / ".join(f"{pt[k]['value']:.3f} (n {pt[k]['n']})" if pt[k]["n"] else "- (n 0)"
+                                      for k in (f"{split}_acc_seen_patients", f"{split}_acc_unseen_patients")) for split in ("val", "test")}
             lines.append(
                 f"| {name} | {_interval(c['gap'], '')} | {_interval(c['leakage'], '')} {c['leakage']['verdict']} | {_interval(c['prevalence'], '')} {c['prevalence']['verdict']} "
-                f"| {_interval(c['residual'], '')} {c['residual']['verdict']} | {c['threshold_oracle']['value']:+.1f} | {seen} "
+                f"| {_interval(c['residual'], '')} {c['residual']['verdict']} | {c['threshold_oracle']['value']:+.1f} | {seen['val']} | {seen['test']} "
                 f"| {g['calibration']['val']['ece']:.3f} / {g['calibration']['test']['ece']:.3f} | {c['overconfidence_val']['value']:+.1f} / {c['overconfidence_test']['value']:+.1f} |"
             )
         lines += ["", "Threshold (never chosen on test): test accuracy at 0.5, at the validation threshold, and at the best test threshold (oracle):", ""]

@@ -115,11 +115,12 @@ def verdict(low: float, high: float, *, harmful_is_positive: bool = True) -> str
 
 def gap_causes(
     y_val: np.ndarray, p_val: np.ndarray, seen_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray,
-    val_threshold: float, seed: int,
+    val_threshold: float, seed: int, seen_test: np.ndarray | None = None,
 ) -> dict:
     """Every cause of one model's validation - test gap, in accuracy points, with 95 % intervals.
-    `y_*` is 1 for the positive class, `p_*` the positive probability, `seen_val` marks validation
-    images whose patient also has images in train."""
+    `y_*` is 1 for the positive class, `p_*` the positive probability, `seen_*` marks images whose
+    patient (or exact pixels) train also holds. Test images of seen patients flatter test accuracy
+    as they flatter validation's; they are scored apart, beside the decomposition."""
     y_val, p_val, seen_val = np.asarray(y_val).astype(int), np.asarray(p_val, float), np.asarray(seen_val, bool)
     y_test, p_test = np.asarray(y_test).astype(int), np.asarray(p_test, float)
     point = _decompose(y_val, p_val, seen_val, y_test, p_test)
@@ -140,10 +141,12 @@ def gap_causes(
         c = causes[f"overconfidence_{split}"]
         c["overconfident"] = c["value"] > OVERCONFIDENCE_POINTS and c["ci_low"] > 0
     oracle_acc, oracle_threshold = best_accuracy(y_test, p_test)
-    seen = {
-        "val_acc_seen_patients": proportion_interval(int(np.sum((p_val[seen_val] >= 0.5) == (y_val[seen_val] == 1))), int(seen_val.sum())).as_dict(),
-        "val_acc_unseen_patients": proportion_interval(int(np.sum((p_val[~seen_val] >= 0.5) == (y_val[~seen_val] == 1))), int((~seen_val).sum())).as_dict(),
-    }
+    seen_test = np.zeros(len(y_test), bool) if seen_test is None else np.asarray(seen_test, bool)
+    seen = {}
+    for split, y, p, mask in (("val", y_val, p_val, seen_val), ("test", y_test, p_test, seen_test)):
+        right = (p >= 0.5) == (y == 1)
+        for name, members in (("seen", mask), ("unseen", ~mask)):
+            seen[f"{split}_acc_{name}_patients"] = proportion_interval(int(right[members].sum()), int(members.sum())).as_dict()
     return {
         "causes": causes,
         "patients": seen,

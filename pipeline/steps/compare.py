@@ -168,14 +168,14 @@ def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit
             "test_acc": r["test_acc"],
         }
     files = {s: d.files(s) for s in ("val", "test")}
-    seen_val = seen_in_train(manifest, "val", data.patient_pattern)
+    seen_val, seen_test = (seen_in_train(manifest, split, data.patient_pattern) for split in ("val", "test"))
     test_scores, gap = {}, {}
     for r in rows:
         y_val, p_val = _scores(r["val_predictions"], files["val"], positive)
         y_test, p_test = _scores(r["test_predictions"], files["test"], positive)
         test_scores[report.label(r)] = p_test
         threshold = r["val_threshold"] if r.get("val_threshold") is not None else 0.5
-        gap[report.label(r)] = analysis.gap_causes(y_val, p_val, seen_val, y_test, p_test, threshold, data.seed)
+        gap[report.label(r)] = analysis.gap_causes(y_val, p_val, seen_val, y_test, p_test, threshold, data.seed, seen_test)
     return {
         "leakage": analysis.leakage(manifest, images, data.patient_pattern),
         "shift": shift,
