@@ -10,12 +10,15 @@ use; an entry point names the groups it accepts and `parse_cli` fills them from 
 
 from __future__ import annotations
 
+import argparse
+import difflib
+import functools
 import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 
 class UserError(Exception):
@@ -140,18 +143,27 @@ def patient_pattern(name: str, value: str) -> str:
     return value
 
 
+SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "pass"}
+
+
+def has_secret(value: str) -> bool:
+    """A URL carrying a password, in its user part (`u:pw@host`) or its query (`?password=pw`)."""
+    try:
+        parts = urlsplit(value)
+        return bool(parts.password) or any(key.lower() in SECRET_QUERY_KEYS for key in parse_qs(parts.query, keep_blank_values=True))
+    except ValueError:
+        return False
+
+
 def storage_url(name: str, value: str) -> str:
     """An Optuna storage URL without a password: parameters are logged, so a password in one
     would be stored in the tracking server for anyone to read."""
-    try:
-        has_password = bool(urlsplit(value).password)
-    except ValueError:
-        has_password = False
-    if has_password:
+    if has_secret(value):
         raise UserError(
             f"{name} must not contain a password (parameters are logged in MLflow); give e.g. "
-            "postgresql://user@host/optuna and set PGPASSWORD or use ~/.pgpass. If `mlflow run` started this, "
-            "its run already recorded the value: delete that run, then purge it with `mlflow gc`"
+            "postgresql://user@host/optuna and set PGPASSWORD (or ~/.pgpass), or put the whole URL in the environment "
+            "variable CXR_OPTUNA_STORAGE and leave storage empty. If `mlflow run` started this, the parameter it recorded "
+            "has been masked in its run"
         )
     return value
 
@@ -161,7 +173,12 @@ def backbone_name(name: str, value: str) -> str:
 
     choices = available_backbones()
     if value not in choices:
-        raise UserError(f"{name} must be a torchvision classification model, got {value!r}; choices: {', '.join(choices)}")
+        close = difflib.get_close_matches(value, choices, n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise UserError(
+            f"{name} {value!r} is not a torchvision classification model; {hint}the study's backbones are resnet50 and "
+            f"efficientnet_b0 (any of torchvision's {len(choices)} classification models works, e.g. resnet18 or mobilenet_v3_small)"
+        )
     return value
 
 
@@ -197,7 +214,7 @@ DEFAULT_PATIENT_PATTERN = r"^(?P<patient>person\d+_(?:bacteria|virus)|(?:NORMAL2
 
 @dataclass(frozen=True)
 class DataConfig:
-    data_dir: str = option("", text, "Kaggle-layout folder, MedMNIST .npz file, or '' for the demo set")
+    data_dir: str = option("", text, "Kaggle-layout folder, MedMNIST .npz file, or '' ($CXR_DATA_DIR if set, else the demo set)")
     image_size: int = option(224, integer(16, 1024), "side of the square images the models see")
     val_source: str = option("auto", choice("auto", "folder", "split"), "validation: val/ as given (folder), re-split from train/ by patient (split), or auto: val/ if it has >= 50 images of every class")
     val_fraction: float = option(0.2, number(0.0, 0.5, high_open=False), "share of train/ held out as validation (by patient) when validation is split")
@@ -234,7 +251,7 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class TuneConfig:
-    storage: str = option("", storage_url, "Optuna storage URL, no password ('' = SQLite file beside the tracking store)")
+    storage: str = option("", storage_url, "Optuna storage URL, no password ('' = $CXR_OPTUNA_STORAGE, which may hold one, else a SQLite file beside the tracking store)")
     study_name: str = option("", text, "'' = <backbone>-<mode>-<digest8>")
     lr_range: tuple[float, float] | None = option(None, lr_range, "LOW,HIGH searched log-uniformly, or auto")
     pruner: str = option("median", choice("median", "hyperband", "none"), "how hopeless trials are stopped early")
@@ -292,32 +309,41 @@ STEP_SETTINGS: dict[str, tuple[type, ...]] = {
 }
 
 
-def parse_cli(argv: list[str], *groups: type) -> tuple:
-    """Fill each settings group from `--name value` pairs; every name must belong to some group."""
-    owners = {f.name: group for group in groups for f in fields(group)}
-    given: dict[str, str] = {}
-    args = list(argv)
-    while args:
-        token = args.pop(0)
-        if not token.startswith("--"):
-            raise UserError(f"unexpected argument {token!r}; parameters are given as --name value")
-        key, eq, value = token[2:].partition("=")
-        if not eq:
-            if not args:
-                raise UserError(f"parameter {key} has no value")
-            value = args.pop(0)
-        if key not in owners:
-            raise UserError(f"unknown parameter {key!r}; this entry point takes: {', '.join(owners)}")
-        given[key] = value
-    result = []
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a mistake is a `UserError` (one `error:` line, exit 2, the run marked
+    FAILED) rather than argparse's usage text and exit."""
+
+    def error(self, message: str):
+        names = ", ".join(a.dest for a in self._actions if a.option_strings and a.dest != "help")
+        raise UserError(f"{message}; parameters are given as --name value, and {self.prog} takes: {names} (--help says what each means)")
+
+
+def add_settings(parser: argparse.ArgumentParser, *groups: type) -> None:
+    """One `--name value` option per setting, with its help and its default."""
     for group in groups:
-        values = {}
+        defaults = as_params(group())
+        section = parser.add_argument_group(group.__name__.removesuffix("Config").lower() + " settings")
         for f in fields(group):
-            if f.name in given:
-                values[f.name] = f.metadata["parse"](f.name, given[f.name])
-        result.append(group(**values))
+            shown = defaults[f.name] or "''"
+            section.add_argument(
+                f"--{f.name}", metavar="VALUE", default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {shown})",
+                type=functools.partial(f.metadata["parse"], f.name),
+            )
+
+
+def settings_parser(prog: str, *groups: type, description: str | None = None) -> argparse.ArgumentParser:
+    parser = _ArgumentParser(prog=prog, description=description, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_settings(parser, *groups)
+    return parser
+
+
+def parse_cli(argv: list[str], *groups: type, prog: str = "this entry point", description: str | None = None) -> tuple:
+    """Fill each settings group from `--name value` pairs; every name must belong to some group.
+    `--help` prints every setting with its help and default, and exits."""
+    given = vars(settings_parser(prog, *groups, description=description).parse_args(argv))
+    result = tuple(group(**{f.name: given[f.name] for f in fields(group) if f.name in given}) for group in groups)
     _check_together(result)
-    return tuple(result)
+    return result
 
 
 def from_params(params: dict[str, str], *groups: type) -> tuple:

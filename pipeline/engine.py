@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline.config import DataConfig, FitConfig, ModelConfig, UserError
 from pipeline.data import Preparation, PreparedData, prepare_dataset
-from pipeline.data.cache import cache_root
+from pipeline.data.cache import FORMAT_VERSION, cache_root
 from pipeline.models import Classifier, Weights, build_classifier, check_input_size, init_head, parameter_groups, resolve_weights
 
 DEFAULT_LR = {"frozen": 1e-3, "finetune": 1e-4}
@@ -247,12 +247,14 @@ def run_epoch(
     images: bool = False,
     augment_images: bool = False,
     desc: str = "",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
     """One pass over a split: trains when given an optimizer, else evaluates. Returns the mean
-    loss and the accuracy. `images`: inputs are uint8 images, else ready feature vectors."""
+    loss and the accuracy. `images`: inputs are uint8 images, else ready feature vectors.
+    `scaler` (float16 autocast only) carries its loss scale from one epoch to the next."""
     training = optimizer is not None
     module.train(training)
-    scaler = torch.amp.GradScaler(enabled=training and device.amp_dtype == torch.float16)
+    scaler = scaler or torch.amp.GradScaler(enabled=False)
     total_loss, correct, seen = 0.0, 0, 0
     with torch.set_grad_enabled(training):
         for idx in tqdm(batches(len(labels), batch_size, generator if training else None), desc=desc, unit="batch", disable=None, leave=False):
@@ -344,6 +346,8 @@ def train_classifier(
         optimizer, lambda e: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(e, fit.epochs) / fit.epochs))
     )
     state = FitState()
+    # float16 needs loss scaling (bfloat16 and float32 do not); its scale lives across epochs.
+    scaler = torch.amp.GradScaler(device.type, enabled=device.amp_dtype == torch.float16)
     best_weights = {k: v.detach().clone() for k, v in trainable.state_dict().items()}
     if checkpoint is not None:
         trainable.load_state_dict(checkpoint["trainable"])
@@ -353,6 +357,10 @@ def train_classifier(
         best_weights = checkpoint["best_trainable"] or {k: v.detach().clone() for k, v in trainable.state_dict().items()}
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
+        if checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        if checkpoint.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
     resumed_time = state.train_time_s
 
     def make_checkpoint() -> dict:
@@ -366,6 +374,9 @@ def train_classifier(
             "best_trainable": None if state.best_epoch == state.epoch else best_weights,
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            # CUDA kernels are not all deterministic, so a resumed CUDA run is close, not bit-exact.
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
         }
 
     images = not model.frozen
@@ -375,7 +386,7 @@ def train_classifier(
         lr_now = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = run_epoch(
             trainable, inputs["train"], labels["train"], loss_fn, device, fit.batch_size, optimizer, generator,
-            images=images, augment_images=images and fit.augment, desc=f"epoch {epoch} train",
+            images=images, augment_images=images and fit.augment, desc=f"epoch {epoch} train", scaler=scaler,
         )
         val_loss, val_acc = run_epoch(
             trainable, inputs["val"], labels["val"], loss_fn, device, fit.batch_size, images=images, desc=f"epoch {epoch} val"
@@ -450,9 +461,20 @@ class TrainingSetup:
         return self.fit.train_seed if self.fit.train_seed is not None else self.data.seed
 
     @property
+    def precision(self) -> str:
+        return str(self.device.amp_dtype or torch.float32).removeprefix("torch.")
+
+    @property
     def feature_key(self) -> str:
+        """All that decides the features: backbone, weights, data, image size, the decoded
+        cache's format and the precision they were computed in (bfloat16 on CUDA, float32 here)."""
         d = self.prep.data
-        return f"{self.model.backbone}-{self.weights.key}-{d.digest}-{d.image_size}px"
+        return f"{self.model.backbone}-{self.weights.key}-{d.digest}-{d.image_size}px-v{FORMAT_VERSION}-{self.precision}"
+
+    def identity(self) -> dict[str, str]:
+        """What a run's reuse key needs beyond its parameters: the weights by content (a path
+        may be overwritten), and the device and precision it resolved to."""
+        return {"weights": self.weights.key, "device": self.device.type, "precision": self.precision}
 
     def new_model(self) -> Classifier:
         """A model as at the start of training. In frozen mode the backbone is built once and

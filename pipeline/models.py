@@ -99,13 +99,22 @@ def imagenet_cache_file(backbone: str) -> Path:
 def _imagenet_weights(backbone: str) -> Weights:
     enum = imagenet_enum(backbone)
     cached = imagenet_cache_file(backbone)
-    try:
-        state_dict = enum.get_state_dict(progress=not cached.exists(), check_hash=False)
-    except Exception as e:  # offline: URLError, socket errors, HTTP errors...
-        raise UserError(
-            f"ImageNet weights for {backbone} are not in torch's cache and cannot be downloaded ({type(e).__name__}); "
-            f"download {enum.url} on a connected machine and place it at {cached}, or pass weights=none"
-        ) from None
+    if cached.exists():
+        try:
+            state_dict = enum.get_state_dict(progress=False, check_hash=False)
+        except Exception as e:  # the file is there: it is damaged, not missing
+            raise UserError(
+                f"the cached ImageNet weights {cached} cannot be loaded ({type(e).__name__}: {str(e)[:200]}); "
+                f"delete the file to download it again, or replace it with a good copy of {enum.url}"
+            ) from None
+    else:
+        try:
+            state_dict = enum.get_state_dict(progress=True, check_hash=False)
+        except OSError as e:  # offline: URLError, HTTPError and socket errors are all OSErrors
+            raise UserError(
+                f"ImageNet weights for {backbone} are not in torch's cache and cannot be downloaded ({type(e).__name__}: {str(e)[:200]}); "
+                f"download {enum.url} on a connected machine and place it at {cached}, or pass weights=none"
+            ) from None
     transform = enum.transforms()
     return Weights(state_dict, tuple(transform.mean), tuple(transform.std), f"imagenet-{enum.name}")
 

@@ -8,11 +8,14 @@ code version.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import queue
 import shlex
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +36,7 @@ from pipeline.sqlite_lock import sqlite_setup_lock
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+@functools.cache
 def code_version() -> str:
     """Hash of the package's source: a changed pipeline never reuses results of the old one."""
     digest = hashlib.sha256()
@@ -42,9 +46,17 @@ def code_version() -> str:
     return digest.hexdigest()[:12]
 
 
+def library_versions() -> dict[str, str]:
+    """The libraries whose version changes a result or a timing."""
+    return {name: importlib.metadata.version(name) for name in ("torch", "torchvision", "mlflow")}
+
+
 def input_key(step: str, params: dict[str, str], data_digest: str) -> str:
-    """What makes two runs of a step interchangeable: same parameters, data and code."""
-    identity = json.dumps({"step": step, "params": params, "data": data_digest, "code": code_version()}, sort_keys=True)
+    """What makes two runs of a step interchangeable: same parameters (with weights by content
+    and the resolved device and precision, where the step has them), data, code and libraries."""
+    identity = json.dumps(
+        {"step": step, "params": params, "data": data_digest, "code": code_version(), "libraries": library_versions()}, sort_keys=True
+    )
     return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
@@ -87,12 +99,15 @@ def step_run(
     nested = mlflow.active_run() is not None
     if not nested:
         _select_experiment()
-    tags = {"step": step}
+    tags = {"step": step, "code_version": code_version()}
     if backbone:
         tags.update(backbone=backbone, mode=mode)
     active = mlflow.start_run(run_id=run_id, run_name=name or run_name(step, backbone, mode), nested=nested, tags=tags)
+    start = time.perf_counter()
     try:
         yield active
+        # The step's own wall clock, from its run's start to its end (a resumed run: this part).
+        mlflow.log_metric("step_time_s", time.perf_counter() - start)
     except KeyboardInterrupt:
         mlflow.set_tag("error", "interrupted (Ctrl-C)")
         mlflow.end_run("KILLED")
@@ -109,13 +124,49 @@ def step_run(
         mlflow.end_run("FINISHED")
 
 
-def fail_pending_run(message: str, status: str = "FAILED") -> None:
-    """A run created by `mlflow run` that the step never opened (bad parameter): mark it too."""
+def fail_pending_run(message: str, status: str = "FAILED", name: str | None = None) -> None:
+    """A run created by `mlflow run` that the step never opened (bad parameter): mark it too,
+    and name it like the rest rather than leave MLflow's random name."""
     pending = os.environ.pop("MLFLOW_RUN_ID", None)
     if pending:
         client = MlflowClient()
         client.set_tag(pending, "error", message)
+        if name:
+            client.set_tag(pending, "mlflow.runName", name)
+        mask_secret_params(pending, status)
         client.set_terminated(pending, status)
+
+
+def mask_secret_params(run_id: str, status: str) -> None:
+    """`mlflow run` logs every parameter before the step starts, so a password given in one is
+    in the store when the step refuses it. Parameters cannot be changed through MLflow's API: in
+    a database store (SQLite, PostgreSQL, ...) the value is masked in place; through a tracking
+    server the run is ended and deleted, and the server's `mlflow gc` purges it for good."""
+    from pipeline.config import has_secret
+    from pipeline.tuning import safe_url
+
+    client = MlflowClient()
+    # `mlflow run` logs values shell-quoted where they hold characters such as ? or &.
+    leaked = {k: v.strip("'") for k, v in client.get_run(run_id).data.params.items() if has_secret(v.strip("'"))}
+    if not leaked:
+        return
+    from mlflow.store.tracking.dbmodels.models import SqlParam
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    store = _get_store()
+    if isinstance(store, SqlAlchemyStore):
+        with store.ManagedSessionMaker() as session:
+            for key, value in leaked.items():
+                session.query(SqlParam).filter(SqlParam.run_uuid == run_id, SqlParam.key == key).update({"value": safe_url(value)})
+        if store.engine.dialect.name == "sqlite":  # the old value would linger in the file's free pages
+            with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                connection.exec_driver_sql("VACUUM")
+        return
+    client.set_terminated(run_id, status)
+    client.delete_run(run_id)
+    print(f"error: run {run_id} recorded a password in {', '.join(leaked)}; it is deleted: run `mlflow gc` on the tracking server to purge it",
+          file=sys.stderr)
 
 
 def retire_pending_run(run_id: str) -> None:
@@ -196,6 +247,11 @@ def get_run(run_id: str) -> Run:
         raise UserError(f"no run with id {run_id!r} in the tracking store {mlflow.get_tracking_uri()}") from None
 
 
+def has_artifact(run_id: str, artifact_path: str) -> bool:
+    folder = artifact_path.rpartition("/")[0] or None
+    return artifact_path in {a.path for a in MlflowClient().list_artifacts(run_id, folder)}
+
+
 def download(run_id: str, artifact_path: str) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tempfile.mkdtemp()))
 
@@ -249,6 +305,7 @@ def comparison(compare_run_id: str) -> list[dict]:
             "mode": config.data.tags["mode"],
             "backbone": config.data.tags["backbone"],
             "seed_index": int(config.data.tags.get("seed_index", 0)),
+            "data_digest": train.data.params.get("data_digest"),
             "train_seed": train.data.params.get("train_seed_resolved", train.data.params.get("train_seed", "auto")),
             "lr": float(lr),
             "lr_source": config.data.tags.get("lr_source", "?"),

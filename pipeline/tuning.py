@@ -22,7 +22,7 @@ import warnings
 import optuna
 from sqlalchemy.engine import make_url
 
-from pipeline.config import UserError
+from pipeline.config import SECRET_QUERY_KEYS, UserError
 from pipeline.sqlite_lock import sqlite_setup_lock
 
 # Our own lines say what each trial did; Optuna's would repeat them.
@@ -50,12 +50,20 @@ def default_storage(tracking_uri: str) -> str:
     return f"sqlite:///{(folder / 'optuna.db').resolve()}"
 
 
+def resolve_storage(setting: str, tracking_uri: str) -> str:
+    """The `storage` setting, else $CXR_OPTUNA_STORAGE (never logged, so it may hold a
+    password), else a SQLite file beside the tracking store."""
+    return setting or os.environ.get("CXR_OPTUNA_STORAGE") or default_storage(tracking_uri)
+
+
 def safe_url(url: str) -> str:
-    """The storage URL with any password masked, fit to log."""
+    """The storage URL with any password masked (user part and query), fit to log."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except Exception:
-        return url.split("@")[-1]
+        return url.split("@")[-1].split("?")[0]
+    query = {k: ("***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def storage(url: str) -> optuna.storages.RDBStorage:

@@ -48,7 +48,7 @@ def test_both_argument_forms_and_types():
         (["--weights", "/missing.pth"], ["weights", "imagenet", "none", "/missing.pth"]),
         (["--patient_pattern", "(unclosed"], ["patient_pattern", "regular expression"]),
         (["--bogus", "1"], ["bogus", "data_dir", "backbone"]),
-        (["--epochs"], ["epochs", "no value"]),
+        (["--epochs"], ["epochs", "expected one argument"]),
         (["stray"], ["stray", "--name value"]),
     ],
 )

@@ -94,3 +94,10 @@ def test_kermany_findings_match_the_folder(tmp_path):
     for a, b in combinations(("train", "val", "test"), 2):
         assert prep.report["patients"]["overlap"][f"{a}-{b}"]["n_patients"] == len(patients[a] & patients[b])
     assert prep.report["patients"]["images_without_id"] == 0
+
+
+def test_an_empty_data_dir_takes_the_environments_data_before_the_demo(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "lab")
+    monkeypatch.setenv("CXR_DATA_DIR", str(data))
+    prep = prepare_dataset(DataConfig(data_dir="", image_size=16, cache_dir=str(tmp_path / "c")))
+    assert prep.name == "lab" and prep.data.source == str(data.resolve())

@@ -54,3 +54,18 @@ def test_a_second_entry_with_the_same_key_keeps_the_first(tmp_path, monkeypatch)
     first = build_entry(folder, listing.images, decoded, **kwargs)
     second = build_entry(folder, listing.images, decoded, **kwargs)  # as if a concurrent worker finished later
     assert first == second and np.array_equal(first.images("val"), second.images("val"))
+
+
+def test_a_failed_write_is_an_error_not_a_rival_that_won(tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "d", {"train": 2, "val": 2, "test": 2}, size=32)
+    listing = list_folder(data)
+    decoded = decode_images(listing.images, 16, 1)
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pipeline.data.cache.os.rename", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        build_entry(entry_folder(tmp_path / "cache", "d3", 16), listing.images, decoded, digest="d3", classes=listing.classes,
+                    image_size=16, source=str(data), kind="folder", validation={"source": "folder", "reason": "x"})
+    assert not [p for p in (tmp_path / "cache" / "decoded").iterdir()]  # nothing half-written left behind

@@ -31,7 +31,7 @@ USER = "cxr"
 def postgres_bin() -> Path | None:
     found = shutil.which("pg_ctl")
     if found:
-        return Path(found).parent
+        return Path(found).resolve().parent  # the server's own folder (a PATH entry may be a link to it)
     versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     return Path(versions[-1]).parent if versions else None
 
@@ -162,3 +162,27 @@ def test_a_password_in_the_storage_url_is_refused(on_server, postgres):
     assert result.returncode == 2 and "must not contain a password" in result.stderr
     assert postgres["password"] not in result.stderr
     assert not [r for r in all_runs() if postgres["password"] in repr(r.data.params)]
+
+
+def test_a_password_given_as_a_parameter_leaves_no_trace_in_a_postgresql_store(postgres, tmp_path, monkeypatch):
+    """The store itself on PostgreSQL (no server between): the parameter `mlflow run` recorded is
+    masked in place; pg_dump of the whole database holds no trace of the password."""
+    with psycopg.connect(host="127.0.0.1", port=postgres["port"], user=USER, password=postgres["password"], dbname="postgres", autocommit=True) as c:
+        c.execute("CREATE DATABASE direct_store")
+    store = f"postgresql://{USER}:{postgres['password']}@127.0.0.1:{postgres['port']}/direct_store"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("CXR_TRANSFER_CACHE", str(tmp_path / "cache"))
+    for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    leaked = "leak-" + secrets.token_hex(8)
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", "tune",
+         "-P", f"storage=postgresql://{USER}:{leaked}@127.0.0.1:{postgres['port']}/optuna"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode != 0 and "storage must not contain a password" in result.stderr
+    dump = subprocess.run([str(postgres_bin() / "pg_dump"), "-h", "127.0.0.1", "-p", str(postgres["port"]), "-U", USER, "direct_store"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PGPASSWORD": postgres["password"]})
+    assert dump.returncode == 0, dump.stderr
+    assert "efficientnet_b0-frozen-tune" in dump.stdout and "***" in dump.stdout  # the run is there, its parameter masked
+    assert leaked not in dump.stdout

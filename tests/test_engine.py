@@ -95,6 +95,8 @@ def test_frozen_training_leaves_the_backbone_untouched(data_dir, tmp_path):
 
 def test_features_are_extracted_once_then_read_from_memory_or_disk(data_dir, tmp_path, monkeypatch):
     s = setup(data_dir, tmp_path)
+    # Keyed by all that decides them, the decoded cache's format and the precision included.
+    assert s.feature_key.endswith(f"-32px-v{engine.FORMAT_VERSION}-float32") and s.weights.key in s.feature_key
     model = s.new_model()
     first = s.features(model, measured_in={"run_id": "r1", "device": "cpu"})
     assert not first.cached and first.extraction_s > 0 and first.cached_extraction_s == 0 and not first.cached_from

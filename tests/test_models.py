@@ -140,3 +140,15 @@ def test_unknown_backbone_lists_the_choices():
 def test_imagenet_means_imagenet1k_v1_for_the_study_backbones():
     assert models.imagenet_enum("efficientnet_b0").name == "IMAGENET1K_V1"
     assert models.imagenet_enum("resnet50").name == "IMAGENET1K_V1"  # V2 exists; the study uses V1
+
+
+def test_a_damaged_cached_imagenet_file_is_called_damaged_not_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    cached = imagenet_cache_file("resnet18")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"not a checkpoint, cut short")
+    with pytest.raises(UserError) as e:
+        resolve_weights("resnet18", "imagenet", 0)
+    message = str(e.value)
+    assert f"the cached ImageNet weights {cached} cannot be loaded" in message and "delete the file" in message
+    assert "cannot be downloaded" not in message

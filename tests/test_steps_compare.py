@@ -92,6 +92,10 @@ def test_a_diverging_configuration_is_skipped_and_said(store, tmp_path, monkeypa
     assert statuses == [("resnet18-finetune-main", "FAILED"), ("resnet18-frozen-main", "FINISHED")]
     files = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="report", dst_path=str(tmp_path / "a"))
     assert "resnet18 (finetune) was skipped: training diverged" in open(f"{files}/comparison.md").read()
+    # The report rebuilt on data that changed since is refused, saying so.
+    next((data / "test" / "NORMAL").iterdir()).unlink()
+    with pytest.raises(UserError, match="changed since compare run"):
+        compare.run(DataConfig(), FitConfig(), MainConfig(), TuneConfig(), CompareConfig(report_for=run_id))
 
 
 def test_report_for_needs_a_compare_run(store):

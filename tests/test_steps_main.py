@@ -60,6 +60,7 @@ def test_main_runs_prepare_tune_train_evaluate_as_children_and_reuses_them(store
     assert not children(newest.info.run_id)
     assert newest.data.tags["train_run_id"] == train.info.run_id
     assert len(runs_of("train")) == 1 and "reused" in second.stdout
+    assert f"model {train.data.tags['model_uri']};" in second.stdout  # the reused model is named too
 
 
 def test_explicit_lr_skips_tuning(store, main_params):

@@ -64,3 +64,20 @@ def test_reuse_returns_the_finished_run_with_the_same_inputs(store, tmp_path):
     assert not first.reused and again.reused and again.run_id == first.run_id
     other = prepare.run(DataConfig(data_dir=config.data_dir, image_size=40), reuse=True)
     assert not other.reused and len(runs_of("prepare")) == 2
+
+
+def test_the_prepare_run_spans_the_decoding(store, tmp_path, monkeypatch):
+    import time
+
+    from pipeline import data as data_module
+
+    real = data_module.decode_images
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "decode_images", slow_decode)
+    prepared = prepare.run(DataConfig(data_dir=str(make_dataset(tmp_path / "d")), image_size=16))
+    run = mlflow.get_run(prepared.run_id)
+    assert run.info.end_time - run.info.start_time >= 1000 and run.data.metrics["step_time_s"] >= 1.0

@@ -10,6 +10,7 @@ import time
 import mlflow
 import pytest
 import torch
+import torchvision
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import DataConfig, FitConfig, ModelConfig, UserError
@@ -161,7 +162,7 @@ def test_ctrl_c_ends_the_run_killed_keeping_what_it_logged(store, data_dir):
 
 @pytest.mark.parametrize(
     "param,value,message",
-    [("backbone", "resnet5O", "error: backbone must be a torchvision classification model, got 'resnet5O'; choices:"),
+    [("backbone", "resnet-50", "error: backbone 'resnet-50' is not a torchvision classification model; did you mean resnet50"),
      ("weights", "/missing.pth", "error: weights must be imagenet, none, or the path of a state_dict file; no file at '/missing.pth'")],
 )
 def test_bad_backbone_or_weights_exit_2_with_one_error_line(store, param, value, message):
@@ -181,3 +182,30 @@ def test_resume_of_an_unknown_finished_or_other_run_is_a_user_error(store, data_
         pass
     with pytest.raises(UserError, match="is not a train run"):
         train.resume(other.info.run_id)
+
+
+def test_resume_refuses_a_changed_world(store, tmp_path, monkeypatch):
+    data = make_dataset(tmp_path / "d", {"train": 12, "val": 4, "test": 4}, size=32)
+    config = (DataConfig(data_dir=str(data), image_size=32, cache_dir=str(tmp_path / "c")), ModelConfig("resnet18", True, "none"),
+              FitConfig(epochs=1, batch_size=8, device="cpu"))
+    trained = train.run(*config)
+    MlflowClient().set_terminated(trained.run_id, "FAILED")  # as if it had stopped with its checkpoint stored
+    monkeypatch.setattr(tracking, "code_version", lambda: "0123456789ab")
+    with pytest.raises(UserError, match=r"cannot resume run .*code version \w+ -> 0123456789ab"):
+        train.resume(trained.run_id)
+    monkeypatch.undo()
+    (data / "train" / "NORMAL" / sorted(p.name for p in (data / "train" / "NORMAL").iterdir())[0]).unlink()
+    with pytest.raises(UserError, match=r"cannot resume run .*data digest \w+ -> \w+"):
+        train.resume(trained.run_id)
+
+
+def test_a_weights_file_is_keyed_by_its_content(store, data_dir, tmp_path):
+    weights = tmp_path / "w.pt"
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    config = (DataConfig(data_dir=str(data_dir), image_size=32), ModelConfig("resnet18", True, str(weights)), FitConfig(epochs=1, batch_size=8))
+    first = train.run(*config, reuse=True)
+    assert train.run(*config, reuse=True).reused
+    torch.save(torchvision.models.resnet18().state_dict(), weights)  # other weights under the same path
+    overwritten = train.run(*config, reuse=True)
+    assert not overwritten.reused and overwritten.run_id != first.run_id

@@ -51,7 +51,7 @@ def test_a_small_study_through_the_command_line(store, data_dir, tmp_path):
     assert float(best.data.params["lr"]) == pytest.approx(m["best_lr"], rel=1e-5)
     assert m["best_val_loss"] == pytest.approx(best.data.metrics["best_val_loss"])
     killed = [t for t in trials if t.info.status == "KILLED"][0]
-    assert "pruned at epoch" in killed.data.tags["stopped"] or "validation loss is" in killed.data.tags["stopped"]
+    assert "pruned at epoch" in killed.data.tags["stopped"] or "training diverged" in killed.data.tags["stopped"]
     assert all(len(mlflow.MlflowClient().get_metric_history(t.info.run_id, "val_loss")) >= 1 for t in trials)
     assert tuned.data.tags["study_name"].startswith("resnet18-frozen-") and tuned.data.tags["storage"].endswith("optuna.db")
     assert m["feature_extraction_s"] > 0
@@ -112,3 +112,22 @@ def test_two_processes_on_one_sqlite_study_record_every_trial_once(store, data_d
     recorded = [t.data.tags["trial"] for r in tune_runs for t in trial_runs(r.info.run_id)]
     assert sorted(recorded, key=int) == [str(n) for n in range(8)]  # each trial in exactly one nested run
     assert {r.data.metrics["n_trials_run"] for r in tune_runs} == {4}
+
+
+def test_a_tune_run_stands_for_another_only_while_its_study_is_unchanged(store, data_dir):
+    config = (DataConfig(data_dir=str(data_dir), image_size=32), ModelConfig("resnet18", True, "none"),
+              FitConfig(epochs=2, batch_size=8))
+    first = tune.run(*config, TuneConfig(), 2, reuse=True)
+    again = tune.run(*config, TuneConfig(), 2, reuse=True)
+    assert again.reused and again.run_id == first.run_id
+    # Another worker adds trials to the study: the old best_lr may no longer be the study's.
+    tune.run(*config, TuneConfig(), 1, reuse=False)
+    moved = tune.run(*config, TuneConfig(), 2, reuse=True)
+    assert not moved.reused
+    name = mlflow.get_run(first.run_id).data.tags["study_name"]
+    assert len(study_of(store, name).trials) == 5
+    # On an explicit (shared) storage a tune step always adds its trials.
+    shared = TuneConfig(storage=mlflow.get_run(first.run_id).data.tags["storage"])
+    tune.run(*config, shared, 1, reuse=True)
+    assert not tune.run(*config, shared, 1, reuse=True).reused
+    assert len(study_of(store, name).trials) == 7

@@ -1,3 +1,4 @@
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -8,6 +9,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
+
+from conftest import error_lines, mlflow_run, runs_of
 
 
 @dataclass
@@ -96,3 +99,17 @@ def test_ui_hint_for_a_local_store_and_a_server(store, monkeypatch):
     assert "mlflow ui --backend-store-uri sqlite:///" in tracking.ui_hint("7") and "#/experiments/7/runs" in tracking.ui_hint("7")
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://tracking:5000/")
     assert tracking.ui_hint("7") == "Runs: http://tracking:5000/#/experiments/7/runs"
+
+
+@pytest.mark.parametrize("storage", ["postgresql://lab:{pw}@127.0.0.1:9/optuna", "postgresql://lab@127.0.0.1:9/optuna?sslmode=disable&password={pw}"])
+def test_no_password_given_on_the_command_line_stays_in_the_store(store, tmp_path, storage):
+    password = "pw-" + secrets.token_hex(8)
+    result = mlflow_run("tune", {"storage": storage.format(pw=password)})
+    assert result.returncode != 0
+    (line,) = error_lines(result.stderr)
+    assert "storage must not contain a password" in line and password not in line
+    (run,) = runs_of()
+    assert run.info.status == "FAILED" and "***" in run.data.params["storage"] and run.info.run_name == "efficientnet_b0-frozen-tune"
+    # The whole store, byte for byte: the database file and every artifact.
+    for file in [Path(store.removeprefix("sqlite:///")), *(p for p in (tmp_path / "artifacts").rglob("*") if p.is_file())]:
+        assert password.encode() not in file.read_bytes(), file

@@ -76,3 +76,15 @@ def test_workers_starting_together_on_a_new_sqlite_file_all_open_one_seeded_stud
     assert outcomes == ["ok"] * 6
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/o.db")
     assert len(study.trials) == 4 and study.user_attrs["settings"]["image_size"] == "32"  # one grid
+
+
+def test_storage_comes_from_the_setting_then_the_environment_then_beside_the_store(monkeypatch):
+    from pipeline.tuning import resolve_storage, safe_url
+
+    monkeypatch.delenv("CXR_OPTUNA_STORAGE", raising=False)
+    assert resolve_storage("", "sqlite:////lab/mlflow.db") == "sqlite:////lab/optuna.db"
+    monkeypatch.setenv("CXR_OPTUNA_STORAGE", "postgresql://lab:pw@db/optuna")
+    assert resolve_storage("", "sqlite:////lab/mlflow.db") == "postgresql://lab:pw@db/optuna"
+    assert resolve_storage("postgresql://lab@other/optuna", "x") == "postgresql://lab@other/optuna"
+    assert safe_url("postgresql://lab:pw@db/optuna") == "postgresql://lab:***@db/optuna"
+    assert safe_url("postgresql://lab@db/optuna?password=pw&sslmode=require") == "postgresql://lab@db/optuna?password=***&sslmode=require"

@@ -7,17 +7,18 @@ it to get the same arrays back from the cache without decoding again.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import DataConfig
 from pipeline.data.cache import PreparedData, build_entry, cache_root, content_hashes, decode_images, entry_folder, load_entry
 from pipeline.data.checks import check_every_class_present, data_report
-from pipeline.data.sources import SourceImage, list_source
+from pipeline.data.sources import Listing, SourceImage, list_source
 from pipeline.data.synthetic import demo_dataset
-from pipeline.data.validation import choose_validation, split_by_patient
+from pipeline.data.validation import ValidationPlan, choose_validation, split_by_patient
 
-__all__ = ["Preparation", "PreparedData", "prepare_dataset", "dataset_digest"]
+__all__ = ["Located", "Preparation", "PreparedData", "dataset_digest", "locate_dataset", "prepare_dataset"]
 
 
 @dataclass
@@ -37,12 +38,30 @@ def dataset_digest(classes: list[str], images: list[SourceImage], settings: str 
     return digest.hexdigest()[:16]
 
 
-def prepare_dataset(config: DataConfig) -> Preparation:
+@dataclass
+class Located:
+    """A data set found and listed, its cache entry named, nothing decoded yet: enough to tell
+    whether an earlier `prepare` did this very work (`key`)."""
+
+    listing: Listing
+    kind: str
+    name: str
+    plan: ValidationPlan
+    folder: Path
+
+    @property
+    def key(self) -> str:
+        return self.folder.name
+
+
+def locate_dataset(config: DataConfig) -> Located:
     root = cache_root(config.cache_dir)
-    if config.data_dir == "":
+    # '' is the lab's data where the environment names it (a docker worker), else the demo set.
+    data_dir = config.data_dir or os.environ.get("CXR_DATA_DIR", "")
+    if data_dir == "":
         location, kind, name = demo_dataset(root, config.seed), "demo", "demo"
     else:
-        location, kind = Path(config.data_dir), None
+        location, kind = Path(data_dir), None
         name = location.stem if location.suffix.lower() == ".npz" else location.resolve().name
     listing = list_source(str(location))
     kind = kind or listing.kind
@@ -51,6 +70,13 @@ def prepare_dataset(config: DataConfig) -> Preparation:
     # the split; the data digest (the split as made) is computed once, when the entry is built.
     split_settings = f"{plan.source}|{config.val_fraction}|{config.seed}|{config.patient_pattern}" if plan.source == "split" else "folder"
     folder = entry_folder(root, dataset_digest(listing.classes, listing.images, split_settings), config.image_size)
+    return Located(listing, kind, name, plan, folder)
+
+
+def prepare_dataset(config: DataConfig, located: Located | None = None) -> Preparation:
+    """The data set decoded and checked: from the cache when an entry exists, else built now."""
+    located = located or locate_dataset(config)
+    listing, kind, plan, folder = located.listing, located.kind, located.plan, located.folder
     data = load_entry(folder)
     cache_reused = data is not None
     if data is None:
@@ -85,4 +111,4 @@ def prepare_dataset(config: DataConfig) -> Preparation:
         ignored=listing.ignored,
         patient_pattern=config.patient_pattern,
     )
-    return Preparation(data, report, name, cache_reused)
+    return Preparation(data, report, located.name, cache_reused)

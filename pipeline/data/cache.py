@@ -171,6 +171,8 @@ def build_entry(
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     try:
         os.rename(tmp, folder)
-    except OSError:  # another process built the same entry first; both copies are identical
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+        if load_entry(folder) is None:  # not a rival's finished entry: a real failure (disk, permissions)
+            raise
     return load_entry(folder)

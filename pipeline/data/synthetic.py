@@ -36,8 +36,10 @@ def demo_dataset(cache_root: Path, seed: int, counts: dict[str, int] | None = No
         write_demo(tmp, seed, counts, size)
         try:
             os.rename(tmp, target)
-        except OSError:  # another process finished first: its copy is identical
+        except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
+            if not (target / "test").is_dir():  # not a rival's finished copy: a real failure
+                raise
     return target
 
 

@@ -101,6 +101,12 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
     all_rows = tracking.comparison(compare_id)
     if not all_rows:
         raise UserError(f"compare run {compare_id} has no finished configuration to report on")
+    used = {r["data_digest"] for r in all_rows}
+    if used != {prep.data.digest}:
+        raise UserError(
+            f"the data at {prep.data.source} changed since compare run {compare_id} (digest now {prep.data.digest}, "
+            f"its runs used {', '.join(sorted(map(str, used)))}); rebuild the report on the data the runs used"
+        )
     # One row per configuration: the first training seed's model (the one whose intervals and
     # tests are shown), with the spread over every seed beside it.
     rows = report.with_seed_spread([r for r in all_rows if r["seed_index"] == 0] or all_rows, all_rows)

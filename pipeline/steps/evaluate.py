@@ -58,12 +58,16 @@ def train_run_of(config: EvaluateConfig):
     return tracking.get_run(source), config.model_uri
 
 
-def load_model(model_uri: str, device: Device) -> tuple[torch.nn.Module, Device]:
+def load_model(model_uri: str, device: Device) -> tuple[torch.nn.Module, Device, str | None]:
+    """The model on `device`, or, where it will not move there (an exported program is bound
+    to the device it was exported on), on the CPU with the reason: said, never silent."""
     model = mlflow.pytorch.load_model(model_uri)
+    if device.type == "cpu":
+        return model, device, None
     try:
-        return model.to(device.torch_device), device
-    except Exception:  # an exported program that will not move: score it where it was exported
-        return model, Device(torch.device("cpu"))
+        return model.to(device.torch_device), device, None
+    except Exception as e:
+        return model, Device(torch.device("cpu")), f"the logged model cannot move to {device.type} ({type(e).__name__}: {str(e)[:200]}); scored on the CPU"
 
 
 def score(y_index: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float = 0.5) -> dict[str, float]:
@@ -83,14 +87,19 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
         )
     backbone, mode = train_run.data.tags.get("backbone"), train_run.data.tags.get("mode")
     params = {"model_uri": model_uri, "train_run_id": train_run.info.run_id}
-    key = tracking.input_key("evaluate", params, prep.data.digest)
+    device = pick_device(settings.get("device", "auto"))
+    key = tracking.input_key("evaluate", {**params, "device": device.type}, prep.data.digest)
     if reuse and (previous := tracking.find_reusable("evaluate", key)):
         return Evaluated(previous.info.run_id, previous.data.metrics, reused=True)
     with tracking.step_run("evaluate", backbone, mode) as active:
         mlflow.set_tag("input_key", key)
         tracking.log_params({**params, **data_params(prep)})
         tracking.log_dataset(prep.name, prep.data.source, prep.data.digest, prep.data.split_sizes)
-        model, device = load_model(model_uri, pick_device(settings.get("device", "auto")))
+        model, device, fallback = load_model(model_uri, device)
+        mlflow.set_tag("device", device.type)
+        if fallback:
+            mlflow.set_tag("device_fallback", fallback)
+            print(f"note: {fallback}", flush=True)
         classes, data = prep.data.classes, prep.data
         probs = {s: predict_proba(model, data.images(s), 64, device) for s in SPLITS}
         labels = {s: data.labels(s) for s in SPLITS}

@@ -33,6 +33,7 @@ class Outcome:
     reused: list[str] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     lr: float = 0.0
+    model_uri: str = ""
 
 
 def run_configuration(
@@ -60,7 +61,7 @@ def run_configuration(
     evaluated = evaluate.run(EvaluateConfig(model_uri=trained.model_uri), reuse=True)
     record("evaluate", evaluated.run_id, evaluated.reused)
     train_metrics = tracking.get_run(trained.run_id).data.metrics
-    outcome.lr = trained.lr
+    outcome.lr, outcome.model_uri = trained.lr, trained.model_uri
     outcome.metrics = {
         **{k: evaluated.metrics[k] for k in ("test_acc", "test_auc", "val_acc", "test_sensitivity", "test_specificity") + INTERVALS if k in evaluated.metrics},
         "train_time_s": train_metrics["train_time_s"],
@@ -83,7 +84,7 @@ def run(data: DataConfig, model: ModelConfig, fit: FitConfig, main_cfg: MainConf
         f"sensitivity {m['test_sensitivity']:.3f}, specificity {m['test_specificity']:.3f}; "
         f"training time {m['train_time_s']:.1f} s"
     )
-    print(f"parent run {outcome.run_id}; reused: {', '.join(outcome.reused) or 'nothing'}")
+    print(f"model {outcome.model_uri}; parent run {outcome.run_id}; reused: {', '.join(outcome.reused) or 'nothing'}")
     print(tracking.ui_hint(parent.info.experiment_id))
     return outcome
 

@@ -16,7 +16,7 @@ import mlflow
 
 from pipeline import tracking
 from pipeline.config import DataConfig, as_params
-from pipeline.data import Preparation, prepare_dataset
+from pipeline.data import Preparation, locate_dataset, prepare_dataset
 from pipeline.data.checks import render_report
 
 
@@ -38,13 +38,16 @@ def data_params(prep: Preparation) -> dict[str, str]:
 
 
 def run(data: DataConfig, backbone: str | None = None, mode: str | None = None, reuse: bool = False) -> Prepared:
-    prep = prepare_dataset(data)
+    # Found and listed first (no decoding), so a reused run is known before any work, and the
+    # run of a new one spans the decoding it does.
+    located = locate_dataset(data)
     params = as_params(data)
-    key = tracking.input_key("prepare", params, prep.data.digest)
+    key = tracking.input_key("prepare", params, located.key)
     if reuse and (previous := tracking.find_reusable("prepare", key)):
-        return Prepared(prep, previous.info.run_id, reused=True)
+        return Prepared(prepare_dataset(data, located), previous.info.run_id, reused=True)
     with tracking.step_run("prepare", backbone, mode) as active:
         mlflow.set_tag("input_key", key)
+        prep = prepare_dataset(data, located)
         tracking.log_params({**params, **data_params(prep)})
         tracking.log_dataset(prep.name, prep.data.source, prep.data.digest, prep.data.split_sizes)
         report = prep.report

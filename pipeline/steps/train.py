@@ -1,8 +1,10 @@
 """train: train one configuration (backbone x mode), keep the epoch with the best validation loss.
 
-Inputs: the data settings (data_dir, image_size, val_fraction, seed, cache_dir, patient_pattern),
-backbone, frozen, weights, the fit settings (epochs, batch_size, lr, backbone_lr_scale,
-weight_decay, patience, class_weights, augment, device, num_threads), and `resume` (a run id).
+Inputs: the data settings (data_dir, image_size, val_source, val_fraction, seed, cache_dir,
+patient_pattern), backbone, frozen, weights, the fit settings (epochs, batch_size, lr,
+backbone_lr_scale, weight_decay, patience, class_weights, augment, device, num_threads,
+train_seed), and `resume` (a run id of a killed train run; refused if its data, code or
+weights have changed since).
 Outputs (run `<backbone>-<mode>-train`): those settings with the resolved `lr`, `data_digest`
 and split sizes as parameters; `train_loss`, `train_acc`, `val_loss`, `val_acc`, `lr`,
 `epoch_time_s` at step = epoch; `train_time_s` (this run's wall clock: getting the frozen
@@ -65,7 +67,7 @@ def run(
     setup = setup_training(data, model_cfg, fit, prep)
     lr = resolve_lr(fit, model_cfg.mode, tuned_lr)
     params = {**as_params(data, model_cfg, fit), "lr": f"{lr:.6g}"}
-    key = tracking.input_key("train", params, setup.prep.data.digest)
+    key = tracking.input_key("train", {**params, **setup.identity()}, setup.prep.data.digest)
     if reuse and (previous := tracking.find_reusable("train", key)):
         return Trained(previous.info.run_id, previous.data.tags["model_uri"], lr, reused=True)
     with tracking.step_run("train", model_cfg.backbone, model_cfg.mode) as active:
@@ -85,19 +87,34 @@ def resume(run_id: str) -> Trained:
         raise UserError(f"run {run_id} already finished; nothing to resume")
     settings = json.loads(previous.data.tags["settings"])
     data, model_cfg, fit = from_params(settings, DataConfig, ModelConfig, FitConfig)
-    try:
-        checkpoint_file = tracking.download(run_id, "checkpoints/last.pt")
-    except Exception:
-        raise UserError(f"run {run_id} has no checkpoints/last.pt: it stopped before the first epoch's checkpoint was stored; start it again") from None
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
-    tracking.retire_pending_run(run_id)
+    if not tracking.has_artifact(run_id, "checkpoints/last.pt"):
+        raise UserError(f"run {run_id} has no checkpoints/last.pt: it stopped before the first epoch's checkpoint was stored; start it again")
+    checkpoint = torch.load(tracking.download(run_id, "checkpoints/last.pt"), map_location="cpu", weights_only=True)
     setup = setup_training(data, model_cfg, fit)
+    check_unchanged(previous, setup)
+    tracking.retire_pending_run(run_id)
     lr = float(settings["lr"])
     print(f"resuming run {run_id} after epoch {checkpoint['state']['epoch']}")
     with tracking.step_run("train", model_cfg.backbone, model_cfg.mode, run_id=run_id):
         mlflow.set_tag("resumed", "true")
         model_uri = _train_and_log(setup, lr, checkpoint)
     return Trained(run_id, model_uri, lr, reused=False)
+
+
+def check_unchanged(previous, setup: TrainingSetup) -> None:
+    """A resumed run must go on in the world it started in: same data, code and weights."""
+    now = {"data digest": setup.prep.data.digest, "code version": tracking.code_version(), "weights": setup.weights.key}
+    then = {
+        "data digest": previous.data.params.get("data_digest"),
+        "code version": previous.data.tags.get("code_version"),
+        "weights": previous.data.params.get("weights_key"),
+    }
+    changed = [f"{what} {then[what]} -> {now[what]}" for what in now if then[what] != now[what]]
+    if changed:
+        raise UserError(
+            f"cannot resume run {previous.info.run_id}: {'; '.join(changed)} since it started; "
+            "its epochs would mix two worlds. Start a new train run instead"
+        )
 
 
 def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> str:

@@ -55,12 +55,10 @@ def run(
     setup = setup_training(data, model, fit, prep)
     digest = setup.prep.data.digest
     name = tune_cfg.study_name or tuning.default_study_name(model.backbone, model.mode, digest)
-    url = tune_cfg.storage or tuning.default_storage(mlflow.get_tracking_uri())
+    url = tuning.resolve_storage(tune_cfg.storage, mlflow.get_tracking_uri())
     lr_range = tune_cfg.lr_range or tuning.DEFAULT_LR_RANGE[model.mode]
     params = {**as_params(data, model, fit, tune_cfg), "n_trials": str(n_trials), "storage": tuning.safe_url(tune_cfg.storage)}
-    key = tracking.input_key("tune", {**params, "study_name": name, "storage": tuning.safe_url(url)}, digest)
-    if reuse and (previous := tracking.find_reusable("tune", key)):
-        return Tuned(previous.info.run_id, previous.data.metrics["best_lr"], reused=True)
+    key = tracking.input_key("tune", {**params, **setup.identity(), "study_name": name, "storage": tuning.safe_url(url)}, digest)
     # What makes trials comparable; not where files are (workers on other machines mount data
     # and weights elsewhere), which the data digest and the weights key stand for.
     trial_settings = {k: v for k, v in as_params(model, fit).items() if k not in ("lr", "device", "num_threads", "weights")}
@@ -69,6 +67,11 @@ def run(
         name, url, seed=data.seed, pruner_kind=tune_cfg.pruner, epochs=fit.epochs, lr_range=lr_range,
         settings=trial_settings, n_trials=n_trials,
     )
+    # An earlier run stands for this one only while its study is as it left it, and only in a
+    # private store: on a shared `storage` a tune step adds its trials, as the lab expects.
+    if reuse and not tune_cfg.storage and (previous := tracking.find_reusable("tune", key)):
+        if previous.data.tags.get("study_trials_at_end") == str(len(study.get_trials(deepcopy=False))):
+            return Tuned(previous.info.run_id, previous.data.metrics["best_lr"], reused=True)
     with tracking.step_run("tune", model.backbone, model.mode) as active:
         # The resolved study and storage are tags: under `mlflow run` the parameters keep what was typed ('').
         mlflow.set_tags({"input_key": key, "worker": tuning.worker_label(), "study_name": name, "storage": tuning.safe_url(url)})
@@ -78,6 +81,7 @@ def run(
         print(f"study {name} in {tuning.safe_url(url)}: {n_trials} trials of up to {fit.epochs} epochs", flush=True)
         study.optimize(objective, n_trials=n_trials, catch=TRIAL_ERRORS)
         summary = tuning.summarise(study)
+        mlflow.set_tag("study_trials_at_end", str(len(study.get_trials(deepcopy=False))))
         mlflow.log_metrics({
             "best_lr": summary.best_lr,
             "best_val_loss": summary.best_val_loss,
