@@ -78,6 +78,16 @@ def test_figures_and_a_self_contained_page(compare_run):
     assert "<td>resnet50</td>" in page and "<li>Validation beats test.</li>" in page
 
 
+def test_a_train_run_started_with_lr_auto_reads_its_resolved_rate(store, monkeypatch):
+    """`mlflow run -e train -P lr=auto` logs lr as typed and the rate used as `lr_resolved`; a
+    compare whose main reused that train run reads the rate, not the word."""
+    real = mlflow.log_params
+    monkeypatch.setattr(mlflow, "log_params", lambda p: real({"lr": "auto", "lr_resolved": "0.0001"} if set(p) == {"lr"} else p))
+    with tracking.step_run("compare") as compare:
+        log_configuration(*KNOWN[0])
+    assert tracking.comparison(compare.info.run_id)[0]["lr"] == 0.0001
+
+
 def test_a_compare_run_without_configurations_has_no_rows(store):
     with tracking.step_run("compare") as empty:
         pass

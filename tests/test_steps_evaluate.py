@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -136,3 +137,17 @@ def test_images_of_patients_seen_in_training_are_scored_apart(store, tmp_path):
     assert logged["test_acc_unseen_patients"] == pytest.approx(right[~seen].mean())
     assert logged["test_acc_seen_patients"] == pytest.approx(right[seen].mean())
     assert logged["val_n_seen_patients"] == 0 and logged["val_acc_unseen_patients"] == pytest.approx(logged["val_acc"])
+
+
+def test_a_model_that_cannot_move_to_the_device_is_scored_on_the_cpu_and_says_so(monkeypatch):
+    from pipeline.engine import Device
+
+    class Bound(BrightnessModel):
+        def to(self, *args, **kwargs):
+            raise RuntimeError("this exported program is bound to the CPU")
+
+    monkeypatch.setattr(evaluate, "mlflow", SimpleNamespace(pytorch=SimpleNamespace(load_model=lambda uri: Bound())))
+    model, device, note = evaluate.load_model("models:/m-x", Device(torch.device("cuda")))
+    assert isinstance(model, Bound) and device.type == "cpu"
+    assert note.startswith("the logged model cannot move to cuda (RuntimeError: this exported program is bound") and "scored on the CPU" in note
+    assert evaluate.load_model("models:/m-x", Device(torch.device("cpu")))[2] is None

@@ -89,7 +89,11 @@ def resume(run_id: str) -> Trained:
     data, model_cfg, fit = from_params(settings, DataConfig, ModelConfig, FitConfig)
     if not tracking.has_artifact(run_id, "checkpoints/last.pt"):
         raise UserError(f"run {run_id} has no checkpoints/last.pt: it stopped before the first epoch's checkpoint was stored; start it again")
-    checkpoint = torch.load(tracking.download(run_id, "checkpoints/last.pt"), map_location="cpu", weights_only=True)
+    try:
+        checkpoint_file = tracking.download(run_id, "checkpoints/last.pt")
+    except Exception as e:  # it is there (listed above): the store or the network failed, say so
+        raise UserError(f"cannot download checkpoints/last.pt of run {run_id}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
     setup = setup_training(data, model_cfg, fit)
     check_unchanged(previous, setup)
     tracking.retire_pending_run(run_id)
