@@ -146,3 +146,7 @@ def test_resuming_from_a_checkpoint_continues_exactly(data_dir, tmp_path):
     _, resumed = fit_once(s, epochs=3, checkpoint=saved["checkpoint"])
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
     assert [(h.train_loss, h.val_loss) for h in resumed.history] == [(h.train_loss, h.val_loss) for h in whole.history]
+    # All a CUDA run needs too (empty here: no float16 loss scaling, no CUDA generator on the CPU).
+    assert {"scaler", "cuda_rng", "generator", "torch_rng", "optimizer", "scheduler"} <= set(saved["checkpoint"])
+    # The run's identity for reuse: weights by content, the device and precision it resolved to.
+    assert s.identity() == {"weights": s.weights.key, "device": "cpu", "precision": "float32"}

@@ -34,7 +34,10 @@ def test_every_entry_point_is_a_step_with_the_same_parameters_and_defaults():
 
 
 def test_conda_env_installs_what_pyproject_declares():
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11"  # tomllib, used here, is 3.11's
+    assert {"optuna.db", "mlflow.db"} <= set((ROOT / ".gitignore").read_text().splitlines())
+    declared = project["dependencies"]
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
     assert "python=3.11" in conda["dependencies"]
     (pip_section,) = [d["pip"] for d in conda["dependencies"] if isinstance(d, dict)]

@@ -194,6 +194,14 @@ def test_resume_refuses_a_changed_world(store, tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"cannot resume run .*code version \w+ -> 0123456789ab"):
         train.resume(trained.run_id)
     monkeypatch.undo()
+
+    def unreachable(*args):
+        raise ConnectionError("the artifact store did not answer")
+
+    monkeypatch.setattr(tracking, "download", unreachable)  # a failed download is not "no checkpoint"
+    with pytest.raises(UserError, match="cannot download checkpoints/last.pt of run .*ConnectionError: the artifact store did not answer"):
+        train.resume(trained.run_id)
+    monkeypatch.undo()
     (data / "train" / "NORMAL" / sorted(p.name for p in (data / "train" / "NORMAL").iterdir())[0]).unlink()
     with pytest.raises(UserError, match=r"cannot resume run .*data digest \w+ -> \w+"):
         train.resume(trained.run_id)

@@ -24,6 +24,12 @@ class Stats:
     epoch_time_s: float = 1.0
 
 
+def test_input_key_changes_with_the_libraries(monkeypatch):
+    key = tracking.input_key("train", {"lr": "0.001"}, "d1")
+    monkeypatch.setattr(tracking, "library_versions", lambda: {"torch": "9.9", "torchvision": "0.29.1", "mlflow": "3.17.2"})
+    assert tracking.input_key("train", {"lr": "0.001"}, "d1") != key
+
+
 def test_input_key_changes_with_any_input():
     key = tracking.input_key("train", {"lr": "0.001"}, "d1")
     assert key == tracking.input_key("train", {"lr": "0.001"}, "d1")
