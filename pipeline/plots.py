@@ -107,6 +107,22 @@ def loss_against_lr(trials: list[dict]):
     return fig
 
 
+def occlusion_inputs(images: list[np.ndarray], titles: list[str], box: tuple[int, int, int, int], title: str = ""):
+    """The same radiograph as is, lungs hidden, outside hidden, with the lung box drawn
+    (`box`: rows r0:r1, columns c0:c1)."""
+    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.6), squeeze=False)
+    r0, r1, c0, c1 = box
+    for ax, image, caption in zip(axes.flat, images, titles):
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        ax.add_patch(plt.Rectangle((c0 - 0.5, r0 - 0.5), c1 - c0, r1 - r0, fill=False, edgecolor="tab:orange", linewidth=1.5))
+        ax.set_title(caption, fontsize=8)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def image_grid(images: list[np.ndarray], titles: list[str], columns: int = 6, title: str = ""):
     """Grey images with a caption each, for review by eye."""
     if not images:

@@ -62,6 +62,8 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
     for name, gap in study["gap"].items():
         causes = gap["causes"]
         assert causes["gap"]["value"] == pytest.approx(causes["leakage"]["value"] + causes["prevalence"]["value"] + causes["residual"]["value"])
+    assert set(study["shortcuts"]) == {"resnet18 (frozen)", "resnet18 (finetune)"}
+    assert "## Shortcut check" in open(f"{files}/analysis/analysis.md").read()
     markdown = open(f"{files}/comparison.md").read()
     assert "## Findings" in markdown and "## Can this test set tell them apart?" in markdown and "mean +- sd" in markdown
     findings = "\n".join(study["findings"])

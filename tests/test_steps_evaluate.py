@@ -13,6 +13,7 @@ from scipy import stats
 from sklearn import metrics as skm
 
 from pipeline import serving, tracking
+from pipeline.analysis.shortcuts import hide_lungs, hide_outside
 from pipeline.config import DataConfig, EvaluateConfig, UserError, as_params
 from pipeline.data import prepare_dataset
 from pipeline.steps import evaluate
@@ -80,6 +81,12 @@ def test_metrics_match_scikit_learn(fixed_train_run, tmp_path):
     files = mlflow.artifacts.download_artifacts(run_id=result.run_id, dst_path=str(tmp_path / "a"))
     for plot in ("confusion_matrix", "roc_curve"):
         assert open(f"{files}/plots/{plot}.png", "rb").read(4) == b"\x89PNG"
+    assert open(f"{files}/plots/occlusion.png", "rb").read(4) == b"\x89PNG"
+    # The shortcut check: the same model on the test set with the lung box hidden, then all but it.
+    for name, hide in (("lungs_hidden", hide_lungs), ("outside_hidden", hide_outside)):
+        auc = skm.roc_auc_score(y["test"], p_pneumonia(hide(data.images("test"))))
+        assert logged[f"test_auc_{name}"] == pytest.approx(auc, abs=1e-4)
+        assert logged[f"test_auc_{name}_ci_low"] <= logged[f"test_auc_{name}"] <= logged[f"test_auc_{name}_ci_high"]
     rows = list(csv.DictReader(open(f"{files}/predictions/test.csv")))
     assert len(rows) == 24 and set(rows[0]) >= {"file", "true_label", "probability", "predicted_label"}
     assert [float(r["probability"]) for r in rows] == pytest.approx(p["test"].tolist(), abs=1e-5)

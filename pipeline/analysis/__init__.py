@@ -6,6 +6,7 @@ and manifest rows in, numbers and sentences out (nothing here speaks to MLflow).
 - `errors`: label-noise candidates and the error breakdown;
 - `uncertainty`: intervals of test figures and paired tests between models;
 - `gap`: the validation - test gap split into its causes, threshold and calibration;
+- `shortcuts`: the test set scored with the lung field hidden and with all but it hidden;
 - `findings`: all of it in plain words, and as Markdown.
 """
 

@@ -6,6 +6,7 @@ from itertools import combinations
 
 import numpy as np
 
+from pipeline.analysis.shortcuts import LUNG_BOX, shortcut_finding
 from pipeline.data.checks import SPLIT_ORDER
 
 
@@ -90,6 +91,7 @@ def findings(analysis: dict) -> list[str]:
     for name, reason in (analysis.get("skipped_configurations") or {}).items():
         out.append(f"{name} was skipped: {reason}.")
     out += comparison_findings(analysis)
+    out += [shortcut_finding(name, s["lungs_hidden"], s["outside_hidden"], s["full"]) for name, s in (analysis.get("shortcuts") or {}).items()]
     out += gap_findings(analysis)
     errors = analysis.get("errors", {})
     if errors:
@@ -187,6 +189,12 @@ def render(analysis: dict, max_listed: int = 30) -> str:
             t = g["threshold"]
             lines.append(f"- {name}: {t['test_acc_at_0.5']:.3f} at 0.5; {t['test_acc_at_val_threshold']:.3f} at {t['val_threshold']:.3f} (validation); "
                          f"{t['oracle_test_acc']:.3f} at {t['oracle_threshold']:.3f} (oracle)")
+    if analysis.get("shortcuts"):
+        lines += ["", f"## Shortcut check (lung box x {LUNG_BOX[0]:.2f}-{LUNG_BOX[2]:.2f}, y {LUNG_BOX[1]:.2f}-{LUNG_BOX[3]:.2f} of the image)", "",
+                  "| model | test AUC | lungs hidden [95 % CI] | outside hidden [95 % CI] |", "|---|---|---|---|"]
+        for name, s in analysis["shortcuts"].items():
+            cell = lambda c: f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"  # noqa: E731
+            lines.append(f"| {name} | {s['full']:.3f} | {cell(s['lungs_hidden'])} | {cell(s['outside_hidden'])} |")
     noise = analysis.get("label_noise_candidates") or []
     lines += ["", f"## Label-noise candidates: {len(noise)}", ""]
     lines += [f"- `{c['file']}` labelled {c['true_label']}, wrong class at {c['mean_probability_of_wrong_class']:.2f}" for c in noise[:max_listed]]

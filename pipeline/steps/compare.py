@@ -191,6 +191,11 @@ def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit
         "intervals": {report.label(r): {m: [r.get(f"test_{m}"), r.get(f"test_{m}_ci_low"), r.get(f"test_{m}_ci_high")] for m in ("acc", "auc")} for r in rows},
         "seeds": {report.label(r): r["seed_spread"] for r in rows if r["seed_spread"]["n"] > 1},
         "pairwise": analysis.pairwise_tests(y_test, test_scores) if len(rows) > 1 else [],
+        "shortcuts": {
+            report.label(r): {hidden: {"value": r[f"test_auc_{hidden}"], "ci_low": r[f"test_auc_{hidden}_ci_low"], "ci_high": r[f"test_auc_{hidden}_ci_high"]}
+                              for hidden in ("lungs_hidden", "outside_hidden")} | {"full": r["test_auc"]}
+            for r in rows if r.get("test_auc_lungs_hidden") is not None
+        },
         "gap": gap,
     }
 

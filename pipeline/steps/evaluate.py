@@ -6,9 +6,16 @@ Outputs (run `<backbone>-<mode>-evaluate`): `train_acc`, `val_acc`, `test_acc`, 
 `test_auc`, `test_f1`, `test_precision`, `test_sensitivity`, `test_specificity` (positive class
 PNEUMONIA, threshold 0.5); `val_threshold`, the threshold that maximises sensitivity +
 specificity on the validation set (Youden's J), and `test_sensitivity_at_val_threshold`,
-`test_specificity_at_val_threshold`, `test_acc_at_val_threshold`; artifacts
-`plots/confusion_matrix.png`, `plots/roc_curve.png`, `predictions/test.csv` and `val.csv`
-(file, true label, probability, predicted label).
+`test_specificity_at_val_threshold`, `test_acc_at_val_threshold`; 95 % intervals
+`<metric>_ci_low` / `<metric>_ci_high` beside `test_acc`, `test_auc`, `test_sensitivity` and
+`test_specificity` (exact for proportions, stratified bootstrap for AUC); on the images whose
+patient (or exact pixels) train does not hold, `val_acc_unseen_patients` and
+`test_acc_unseen_patients` with their counts `val_n_unseen_patients`, `test_n_unseen_patients`
+(and `_seen_` beside them); the shortcut check `test_auc_lungs_hidden` and
+`test_auc_outside_hidden` with their intervals (`analysis/shortcuts.py`); tags `device` (and
+`device_fallback`, with the reason, where the model could not move to it); artifacts
+`plots/confusion_matrix.png`, `plots/roc_curve.png`, `plots/occlusion.png`,
+`predictions/test.csv` and `val.csv` (file, true label, probability, predicted label).
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ import torch
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from pipeline import plots, tracking
-from pipeline.analysis.uncertainty import metric_intervals
+from pipeline.analysis.shortcuts import box_pixels, hide_lungs, hide_outside
+from pipeline.analysis.uncertainty import auc_interval, metric_intervals
 from pipeline.config import DataConfig, EvaluateConfig, UserError, from_params
 from pipeline.data import prepare_dataset
 from pipeline.data.checks import seen_in_train
@@ -118,6 +126,7 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
             **{f"test_{k}_at_val_threshold": at_val[k] for k in ("acc", "sensitivity", "specificity")},
             **{f"test_{k}_ci_{side}": getattr(interval, side) for k, interval in intervals.items() for side in ("low", "high")},
             **patient_disjoint_metrics(data.manifest(), labels, probs, classes, data_cfg.patient_pattern),
+            **occlusion_metrics(model, data.images("test"), labels["test"] == pos, pos, device, data_cfg.seed),
         }
         mlflow.log_metrics(metrics)
         _log_figures(labels, probs, classes, scores, threshold, f"{backbone} ({mode})")
@@ -130,6 +139,28 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
         f"{metrics['test_sensitivity_at_val_threshold']:.3f} / {metrics['test_specificity_at_val_threshold']:.3f})"
     )
     return Evaluated(active.info.run_id, metrics, reused=False)
+
+
+OCCLUSIONS = {"lungs_hidden": hide_lungs, "outside_hidden": hide_outside}
+
+
+def occlusion_metrics(model, images: np.ndarray, positive: np.ndarray, pos: int, device: Device, seed: int) -> dict[str, float]:
+    """The shortcut check: test AUC with the lung box hidden and with all but it hidden, with
+    95 % intervals; and the figure of the three inputs."""
+    metrics = {}
+    for name, hide in OCCLUSIONS.items():
+        auc = auc_interval(positive, predict_proba(model, hide(images), 64, device)[:, pos], seed)
+        metrics.update({f"test_auc_{name}": auc.value, f"test_auc_{name}_ci_low": auc.low, f"test_auc_{name}_ci_high": auc.high})
+    example = np.asarray(images[:1])
+    figure = plots.occlusion_inputs(
+        [example[0], hide_lungs(example)[0], hide_outside(example)[0]],
+        ["as is", f"lungs hidden: AUC {metrics['test_auc_lungs_hidden']:.3f}", f"outside hidden: AUC {metrics['test_auc_outside_hidden']:.3f}"],
+        box_pixels(*example.shape[1:]),
+        "shortcut check: the test set scored three ways (lung box in orange)",
+    )
+    tracking.log_figure(figure, "plots/occlusion.png")
+    plots.close(figure)
+    return metrics
 
 
 def patient_disjoint_metrics(rows, labels: dict, probs: dict, classes: list[str], pattern: str) -> dict[str, float]:
