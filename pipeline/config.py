@@ -101,6 +101,15 @@ def learning_rate(name: str, value: str) -> float | None:
         raise UserError(f"{name} must be 'auto' or a number in (0, 1e6], got {value!r}") from None
 
 
+def threshold_or_auto(name: str, value: str) -> float | None:
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return number(0.0, 1.0)(name, value)
+    except UserError:
+        raise UserError(f"{name} must be 'auto' (the model's own) or a number in (0, 1), got {value!r}") from None
+
+
 def seed_or_auto(name: str, value: str) -> int | None:
     """`auto` (None: the data seed) or a seed."""
     if value.strip().lower() == "auto":
@@ -109,6 +118,16 @@ def seed_or_auto(name: str, value: str) -> int | None:
         return integer(0, 2**31 - 1)(name, value)
     except UserError:
         raise UserError(f"{name} must be 'auto' or an integer from 0 to {2**31 - 1}, got {value!r}") from None
+
+
+def fraction_or_auto(name: str, value: str) -> float | None:
+    """`auto` (None) or a number in (0, 1)."""
+    if value.strip().lower() in ("auto", "none", ""):
+        return None
+    try:
+        return number(0.0, 1.0)(name, value)
+    except UserError:
+        raise UserError(f"{name} must be 'auto' or a number in (0, 1), got {value!r}") from None
 
 
 def lr_range(name: str, value: str) -> tuple[float, float] | None:
@@ -247,6 +266,7 @@ class FitConfig:
     device: str = option("auto", choice("auto", "cpu", "cuda", "mps"), "auto = cuda, then mps, then cpu")
     num_threads: int = option(0, integer(0, 1024), "CPU threads for torch (0 = torch's default)")
     train_seed: int | None = option(None, seed_or_auto, "seed of the model's initialisation and training order (auto = seed); compare's seeds vary it")
+    target_sensitivity: float | None = option(None, fraction_or_auto, "operating threshold stored with the model: auto = Youden's J on validation, or the highest reaching this sensitivity on validation (e.g. 0.95)")
 
 
 @dataclass(frozen=True)
@@ -283,7 +303,7 @@ class PredictConfig:
     model_uri: str = option("", text, "model to use (models:/..., runs:/.../model)")
     input: str = option("", text, "an image file or a folder of images")
     output: str = option("predictions.csv", text, "CSV file to write")
-    threshold: float = option(0.5, number(0.0, 1.0), "probability of the positive class at which to call it")
+    threshold: float | None = option(None, threshold_or_auto, "probability of the positive class at which to call it (auto = the threshold stored with the model)")
 
 
 @dataclass(frozen=True)

@@ -41,5 +41,23 @@ def youden_threshold(y_true: np.ndarray, p_positive: np.ndarray) -> float:
     return float(min(thresholds[best], 1.0))
 
 
+def sensitivity_threshold(y_true: np.ndarray, p_positive: np.ndarray, target: float) -> float:
+    """The highest threshold whose sensitivity on the given split reaches `target` (a screening
+    operating point: miss at most 1 - target of the sick), chosen on validation."""
+    positives = np.sort(np.asarray(p_positive)[np.asarray(y_true) == 1])
+    if not len(positives):
+        return 0.5
+    # Calling p >= t positive finds the positives at or above t: keep ceil(target * n) of them.
+    keep = int(np.ceil(target * len(positives) - 1e-9))
+    return float(positives[len(positives) - max(keep, 1)])
+
+
+def operating_threshold(y_true: np.ndarray, p_positive: np.ndarray, target_sensitivity: float | None) -> tuple[float, str]:
+    """The threshold a model is used at, chosen on validation, and the rule that chose it."""
+    if target_sensitivity is not None:
+        return sensitivity_threshold(y_true, p_positive, target_sensitivity), f"sensitivity >= {target_sensitivity:g} on validation"
+    return youden_threshold(y_true, p_positive), "Youden's J (sensitivity + specificity) on validation"
+
+
 def log_loss(y_true_index: np.ndarray, probs: np.ndarray) -> float:
     return skm.log_loss(y_true_index, probs, labels=list(range(probs.shape[1])))

@@ -3,8 +3,10 @@
 - PyTorch flavour: `mlflow.pytorch.load_model(uri)` gives the classifier exported with
   torch.export (pt2): float tensor (N, 1, S, S) of grey values 0..1 in, class logits out.
 - python_function flavour (this module is its loader): a DataFrame column `image` of base64
-  encoded image files in; `label`, `probability` (of the positive class), `p_<class>` and
-  `error` out, one row per image. This is what `mlflow models serve` answers, so a client sends
+  encoded image files in; `label`, `probability` (of the positive class), `p_<class>`,
+  `threshold` (the one the label was called at) and `error` out, one row per image. The
+  threshold chosen on validation travels with the model and is used unless a request's
+  `threshold` parameter says otherwise. This is what `mlflow models serve` answers, so a client sends
   image files as they are; the model decodes, greys and resizes them as `prepare` did.
   An unreadable image gets its reason in `error`, never fails the request.
 
@@ -19,6 +21,7 @@ import binascii
 import io
 import json
 import sys
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -41,10 +44,19 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS = ("torch", "torchvision", "mlflow", "pillow", "numpy", "pandas", "tqdm", "scikit-learn", "matplotlib")
 
 
-def log_model(model: torch.nn.Module, image_size: int, classes: list[str], name: str = "model"):
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The threshold a model is used at, and how it was chosen (on validation, never on test)."""
+
+    threshold: float = 0.5
+    rule: str = "the default 0.5"
+
+
+def log_model(model: torch.nn.Module, image_size: int, classes: list[str], operating: OperatingPoint = OperatingPoint(), name: str = "model"):
     """Export (pt2, batch dimension dynamic) and log; returns MLflow's ModelInfo."""
     return mlflow.models.Model.log(
-        artifact_path=None, name=name, flavor=sys.modules[__name__], pytorch_model=model, image_size=image_size, classes=classes
+        artifact_path=None, name=name, flavor=sys.modules[__name__], pytorch_model=model, image_size=image_size, classes=classes,
+        operating=operating,
     )
 
 
@@ -54,7 +66,9 @@ def encode_image(pixels: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def save_model(path: str, mlflow_model, pytorch_model: torch.nn.Module, image_size: int, classes: list[str], **kwargs) -> None:
+def save_model(
+    path: str, mlflow_model, pytorch_model: torch.nn.Module, image_size: int, classes: list[str], operating: OperatingPoint = OperatingPoint(), **kwargs
+) -> None:
     # A batch of 2: torch.export turns a batch of 1 into a fixed size, and the model would
     # then refuse any other batch.
     example = torch.rand(2, 1, image_size, image_size)
@@ -76,7 +90,8 @@ def save_model(path: str, mlflow_model, pytorch_model: torch.nn.Module, image_si
         for f in cache.iterdir():
             f.unlink()
         cache.rmdir()
-    (root / "data" / CONFIG_FILE).write_text(json.dumps({"image_size": image_size, "classes": classes}))
+    config = {"image_size": image_size, "classes": classes, "threshold": operating.threshold, "threshold_rule": operating.rule}
+    (root / "data" / CONFIG_FILE).write_text(json.dumps(config))
     # The python_function face: images in, probabilities out.
     mlflow_model.flavors["python_function"]["loader_module"] = __name__
     mlflow_model.signature = ModelSignature(
@@ -84,9 +99,10 @@ def save_model(path: str, mlflow_model, pytorch_model: torch.nn.Module, image_si
         outputs=Schema(
             [ColSpec("string", "label"), ColSpec("double", "probability")]
             + [ColSpec("double", f"p_{c}") for c in classes]
-            + [ColSpec("string", "error", required=False)]
+            + [ColSpec("double", "threshold"), ColSpec("string", "error", required=False)]
         ),
-        params=ParamSchema([ParamSpec("threshold", "double", 0.5)]),
+        # The default is the model's own threshold: a request without one gets it.
+        params=ParamSchema([ParamSpec("threshold", "double", float(operating.threshold))]),
     )
     for stale in ("input_example.json", "serving_input_example.json"):
         (root / stale).unlink(missing_ok=True)
@@ -111,14 +127,16 @@ def _requirements() -> list[str]:
 class ImageClassifier:
     """What `mlflow.pyfunc.load_model` returns for our models."""
 
-    def __init__(self, module: torch.nn.Module, image_size: int, classes: list[str]):
+    def __init__(self, module: torch.nn.Module, image_size: int, classes: list[str], operating: OperatingPoint = OperatingPoint()):
         self.module = module
         self.image_size = image_size
         self.classes = classes
         self.positive = positive_index(classes)
+        self.operating = operating
 
     def predict(self, model_input, params: dict | None = None) -> pd.DataFrame:
-        threshold = float((params or {}).get("threshold", 0.5))
+        given = (params or {}).get("threshold")
+        threshold = float(given) if given is not None else self.operating.threshold
         images = model_input["image"] if isinstance(model_input, pd.DataFrame) else pd.Series(list(model_input))
         pixels, errors = [], []
         for item in images:
@@ -133,7 +151,7 @@ class ImageClassifier:
         rows, k = [], 0
         for error in errors:
             if error is not None:
-                rows.append({"label": None, "probability": np.nan, **{f"p_{c}": np.nan for c in self.classes}, "error": error})
+                rows.append({"label": None, "probability": np.nan, **{f"p_{c}": np.nan for c in self.classes}, "threshold": threshold, "error": error})
                 continue
             p = probs[k]
             k += 1
@@ -141,8 +159,9 @@ class ImageClassifier:
                 label = self.classes[self.positive] if p[self.positive] >= threshold else self.classes[1 - self.positive]
             else:
                 label = self.classes[int(p.argmax())]
-            rows.append({"label": label, "probability": float(p[self.positive]), **{f"p_{c}": float(v) for c, v in zip(self.classes, p)}, "error": None})
-        table = pd.DataFrame(rows, columns=["label", "probability", *[f"p_{c}" for c in self.classes], "error"])
+            rows.append({"label": label, "probability": float(p[self.positive]), **{f"p_{c}": float(v) for c, v in zip(self.classes, p)},
+                         "threshold": threshold, "error": None})
+        table = pd.DataFrame(rows, columns=["label", "probability", *[f"p_{c}" for c in self.classes], "threshold", "error"])
         # None, not NaN, where there is no value: the scoring server's JSON then says null.
         return table.astype(object).where(table.notna(), None)
 
@@ -162,4 +181,5 @@ def _load_pyfunc(data_path: str, model_config: dict | None = None) -> ImageClass
     data = Path(data_path)
     config = json.loads((data / CONFIG_FILE).read_text())
     module = torch.export.load(str(data / "model.pt2")).module()
-    return ImageClassifier(module, config["image_size"], config["classes"])
+    operating = OperatingPoint(config["threshold"], config["threshold_rule"]) if "threshold" in config else OperatingPoint()
+    return ImageClassifier(module, config["image_size"], config["classes"], operating)

@@ -21,3 +21,15 @@ def test_scores_and_threshold():
     t = youden_threshold(y, p)
     at = binary_scores(y, p, t)
     assert at["sensitivity"] + at["specificity"] >= s["sensitivity"] + s["specificity"]
+
+
+def test_the_sensitivity_threshold_is_the_highest_that_reaches_the_target():
+    from pipeline.metrics import operating_threshold, sensitivity_threshold
+
+    y = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
+    p = np.array([0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.35, 0.45])
+    for target in (0.5, 0.8, 0.95, 1.0):
+        t = sensitivity_threshold(y, p, target)
+        assert np.mean(p[y == 1] >= t) >= target  # reached ...
+        assert np.mean(p[y == 1] >= np.nextafter(t, 1)) < target  # ... and by no higher threshold
+    assert operating_threshold(y, p, None)[1].startswith("Youden") and operating_threshold(y, p, 0.9)[1] == "sensitivity >= 0.9 on validation"

@@ -4,8 +4,9 @@ Inputs: `model_uri` (models:/..., runs:/.../model) or `train_run_id`; the data a
 train run used, read back from the cache.
 Outputs (run `<backbone>-<mode>-evaluate`): `train_acc`, `val_acc`, `test_acc`, `test_loss`,
 `test_auc`, `test_f1`, `test_precision`, `test_sensitivity`, `test_specificity` (positive class
-PNEUMONIA, threshold 0.5); `val_threshold`, the threshold that maximises sensitivity +
-specificity on the validation set (Youden's J), and `test_sensitivity_at_val_threshold`,
+PNEUMONIA, threshold 0.5); `val_threshold`, the model's operating threshold chosen on the
+validation set (Youden's J, or the train run's `target_sensitivity`; tag `val_threshold_rule`),
+and `test_sensitivity_at_val_threshold`,
 `test_specificity_at_val_threshold`, `test_acc_at_val_threshold`; 95 % intervals
 `<metric>_ci_low` / `<metric>_ci_high` beside `test_acc`, `test_auc`, `test_sensitivity` and
 `test_specificity` (exact for proportions, stratified bootstrap for AUC); on the images whose
@@ -33,11 +34,11 @@ from sklearn.metrics import confusion_matrix, roc_curve
 from pipeline import plots, tracking
 from pipeline.analysis.shortcuts import box_pixels, hide_lungs, hide_outside
 from pipeline.analysis.uncertainty import auc_interval, metric_intervals
-from pipeline.config import DataConfig, EvaluateConfig, UserError, from_params
+from pipeline.config import DataConfig, EvaluateConfig, FitConfig, UserError, from_params
 from pipeline.data import prepare_dataset
 from pipeline.data.checks import seen_in_train
 from pipeline.engine import Device, pick_device, predict_proba
-from pipeline.metrics import binary_scores, log_loss, positive_index, youden_threshold
+from pipeline.metrics import binary_scores, log_loss, operating_threshold, positive_index
 from pipeline.steps.prepare import data_params
 
 SPLITS = ("train", "val", "test")
@@ -112,7 +113,10 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
         probs = {s: predict_proba(model, data.images(s), 64, device) for s in SPLITS}
         labels = {s: data.labels(s) for s in SPLITS}
         scores = {s: score(labels[s], probs[s], classes) for s in SPLITS}
-        threshold = youden_threshold((labels["val"] == positive_index(classes)).astype(int), probs["val"][:, positive_index(classes)])
+        # The rule the model's stored threshold was chosen by (Youden's J, or a target sensitivity).
+        (fit,) = from_params(settings, FitConfig)
+        threshold, rule = operating_threshold((labels["val"] == positive_index(classes)).astype(int), probs["val"][:, positive_index(classes)], fit.target_sensitivity)
+        mlflow.set_tag("val_threshold_rule", rule)
         at_val = score(labels["test"], probs["test"], classes, threshold)
         pos = positive_index(classes)
         intervals = metric_intervals(labels["test"] == pos, probs["test"][:, pos], 0.5, data_cfg.seed)

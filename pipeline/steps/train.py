@@ -31,7 +31,8 @@ import torch
 from pipeline import plots, serving, tracking
 from pipeline.config import DataConfig, FitConfig, ModelConfig, ResumeConfig, UserError, as_params, from_params
 from pipeline.data import Preparation
-from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, setup_training, train_classifier
+from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, predict_proba, setup_training, train_classifier
+from pipeline.metrics import operating_threshold, positive_index
 from pipeline.steps.prepare import data_params
 
 
@@ -165,16 +166,29 @@ def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float
     figure = plots.learning_curves(history, f"{model_cfg.backbone} ({model_cfg.mode})", state.best_epoch)
     tracking.log_figure(figure, "plots/learning_curves.png")
     plots.close(figure)
+    operating = operating_point(setup, model)
+    mlflow.log_metric("operating_threshold", operating.threshold)
+    mlflow.set_tag("operating_threshold_rule", operating.rule)
     model.cpu()
     torch.save(model.state_dict(), checkpoint_dir / "best.pt")
     tracking.log_file(checkpoint_dir / "best.pt", "checkpoints")
-    info = serving.log_model(model, setup.prep.data.image_size, setup.prep.data.classes)
+    info = serving.log_model(model, setup.prep.data.image_size, setup.prep.data.classes, operating)
     mlflow.set_tag("model_uri", info.model_uri)
     print(
         f"kept epoch {state.best_epoch} (val acc {best.val_acc:.3f}, val loss {best.val_loss:.4f}); "
         f"training took {features_s + state.train_time_s:.1f}s; model {info.model_uri}"
     )
     return info.model_uri
+
+
+def operating_point(setup: TrainingSetup, model) -> serving.OperatingPoint:
+    """The kept model's threshold, chosen on validation (never test): it travels with the model,
+    so `predict` and `mlflow models serve` call labels at it unless told otherwise."""
+    data = setup.prep.data
+    pos = positive_index(data.classes)
+    probs = predict_proba(model, data.images("val"), setup.fit.batch_size, setup.device)[:, pos]
+    threshold, rule = operating_threshold(data.labels("val") == pos, probs, setup.fit.target_sensitivity)
+    return serving.OperatingPoint(threshold, rule)
 
 
 def main(data: DataConfig, model_cfg: ModelConfig, fit: FitConfig, resume_cfg: ResumeConfig) -> None:
