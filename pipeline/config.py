@@ -266,6 +266,7 @@ class FitConfig:
     device: str = option("auto", choice("auto", "cpu", "cuda", "mps"), "auto = cuda, then mps, then cpu")
     num_threads: int = option(0, integer(0, 1024), "CPU threads for torch (0 = torch's default)")
     train_seed: int | None = option(None, seed_or_auto, "seed of the model's initialisation and training order (auto = seed); compare's seeds vary it")
+    calibrate: bool = option(False, boolean, "fit a temperature on validation so the model's probabilities mean what they say (ECE before and after logged)")
     target_sensitivity: float | None = option(None, fraction_or_auto, "operating threshold stored with the model: auto = Youden's J on validation, or the highest reaching this sensitivity on validation (e.g. 0.95)")
 
 

@@ -92,3 +92,13 @@ def test_test_images_of_seen_patients_are_scored_apart():
     words = findings({"gap": {"m": g}, "leakage": {"patients": {}, "n_exact_groups_across_splits": 0, "n_near_duplicate_pairs": 0},
                       "shift": {"class_balance": {}, "image_statistics": {}}})
     assert any("m: 100 test images belong to patients" in w and "the unseen figure" in w for w in words)
+
+
+def test_temperature_scaling_undoes_planted_overconfidence():
+    from pipeline.calibration import fit_temperature
+
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(4000, 2)) * 2
+    y = np.array([rng.random() < p for p in np.exp(logits[:, 1]) / np.exp(logits).sum(1)], dtype=int)
+    log_probs = (logits * 3) - np.log(np.exp(logits * 3).sum(1, keepdims=True))  # three times too sure
+    assert fit_temperature(log_probs, y) == pytest.approx(3.0, rel=0.1)

@@ -217,3 +217,16 @@ def test_a_weights_file_is_keyed_by_its_content(store, data_dir, tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), weights)  # other weights under the same path
     overwritten = train.run(*config, reuse=True)
     assert not overwritten.reused and overwritten.run_id != first.run_id
+
+
+def test_calibrate_fits_a_temperature_on_validation_and_the_logged_model_uses_it(store, data_dir):
+    config = (DataConfig(data_dir=str(data_dir), image_size=32, val_source="folder"), ModelConfig("resnet18", True, "none"),
+              FitConfig(epochs=3, batch_size=8, lr=0.05, device="cpu"))
+    plain = train.run(*config)
+    scaled = train.run(*config[:2], FitConfig(epochs=3, batch_size=8, lr=0.05, device="cpu", calibrate=True))
+    metrics = mlflow.get_run(scaled.run_id).data.metrics
+    # Fitting T minimises the validation NLL, so the calibration error is no worse after it.
+    assert metrics["temperature"] > 0 and metrics["val_ece_after_calibration"] <= metrics["val_ece_before_calibration"] + 1e-3
+    x = torch.rand(4, 1, 32, 32)
+    base, calibrated = (mlflow.pytorch.load_model(t.model_uri)(x) for t in (plain, scaled))
+    assert torch.allclose(calibrated, base / metrics["temperature"], atol=1e-4)  # same training, logits divided by T

@@ -26,12 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 
 from pipeline import plots, serving, tracking
 from pipeline.config import DataConfig, FitConfig, ModelConfig, ResumeConfig, UserError, as_params, from_params
 from pipeline.data import Preparation
 from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, predict_proba, setup_training, train_classifier
+from pipeline.analysis.gap import calibration
+from pipeline.calibration import TemperatureScaled, fit_temperature
 from pipeline.metrics import operating_threshold, positive_index
 from pipeline.steps.prepare import data_params
 
@@ -166,19 +169,37 @@ def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float
     figure = plots.learning_curves(history, f"{model_cfg.backbone} ({model_cfg.mode})", state.best_epoch)
     tracking.log_figure(figure, "plots/learning_curves.png")
     plots.close(figure)
-    operating = operating_point(setup, model)
+    # The logged model is the classifier, or with calibrate=true the classifier and its temperature;
+    # best.pt keeps the classifier's own weights (usable as weights= of a later run).
+    exported = calibrated(setup, model) if setup.fit.calibrate else model
+    operating = operating_point(setup, exported)
     mlflow.log_metric("operating_threshold", operating.threshold)
     mlflow.set_tag("operating_threshold_rule", operating.rule)
-    model.cpu()
+    exported.cpu()
     torch.save(model.state_dict(), checkpoint_dir / "best.pt")
     tracking.log_file(checkpoint_dir / "best.pt", "checkpoints")
-    info = serving.log_model(model, setup.prep.data.image_size, setup.prep.data.classes, operating)
+    info = serving.log_model(exported, setup.prep.data.image_size, setup.prep.data.classes, operating)
     mlflow.set_tag("model_uri", info.model_uri)
     print(
         f"kept epoch {state.best_epoch} (val acc {best.val_acc:.3f}, val loss {best.val_loss:.4f}); "
         f"training took {features_s + state.train_time_s:.1f}s; model {info.model_uri}"
     )
     return info.model_uri
+
+
+def calibrated(setup: TrainingSetup, model) -> TemperatureScaled:
+    """Temperature scaling fitted on validation; the expected calibration error before and after."""
+    data = setup.prep.data
+    pos = positive_index(data.classes)
+    labels = data.labels("val")
+    probs = predict_proba(model, data.images("val"), setup.fit.batch_size, setup.device)
+    temperature = fit_temperature(np.log(np.clip(probs, 1e-12, 1.0)), labels)
+    scaled = TemperatureScaled(model, temperature).eval()
+    after = predict_proba(scaled, data.images("val"), setup.fit.batch_size, setup.device)
+    before_ece, after_ece = (calibration(labels == pos, p[:, pos])["ece"] for p in (probs, after))
+    mlflow.log_metrics({"temperature": temperature, "val_ece_before_calibration": before_ece, "val_ece_after_calibration": after_ece})
+    print(f"calibrated on validation: temperature {temperature:.3f}, expected calibration error {before_ece:.4f} -> {after_ece:.4f}")
+    return scaled
 
 
 def operating_point(setup: TrainingSetup, model) -> serving.OperatingPoint:
