@@ -127,6 +127,66 @@ def table_csv(rows: list[dict]) -> str:
     return out.getvalue()
 
 
+def rank_on_validation(rows: list[dict]) -> list[str]:
+    """Configurations best first by validation AUC, then validation accuracy: the champion is
+    chosen on validation, never on test."""
+    ordered = sorted(rows, key=lambda r: (r.get("val_auc") if r.get("val_auc") is not None else -1, r["val_acc"]), reverse=True)
+    return [label(r) for r in ordered]
+
+
+def model_card(row: dict, study: dict, data: dict) -> str:
+    """What a user of this model needs to know, in Markdown: data, patient handling, training,
+    test figures with intervals, threshold, calibration, shortcut check, known limits.
+    `data`: name, digest, source, split sizes and the validation plan of the data set."""
+    name = label(row)
+    ci = lambda k: (f"{row[k]:.3f} [{row[f'{k}_ci_low']:.3f}, {row[f'{k}_ci_high']:.3f}]" if row.get(f"{k}_ci_low") is not None  # noqa: E731
+                    else f"{row[k]:.3f}")
+    shortcuts = (study.get("shortcuts") or {}).get(name)
+    gap = (study.get("gap") or {}).get(name, {})
+    calibration = (f"temperature {row['temperature']:.3f} fitted on validation (expected calibration error "
+                   f"{row['val_ece_before_calibration']:.3f} -> {row['val_ece_after_calibration']:.3f})" if row.get("temperature") else
+                   "not calibrated (calibrate=false)")
+    if gap:
+        calibration += (f"; on test: expected calibration error {gap['calibration']['test']['ece']:.3f}, Brier score "
+                        f"{gap['calibration']['test']['brier']:.3f}")
+    lines = [
+        f"# Model card: {row['backbone']}, {row['mode']}",
+        "",
+        "Classifies a chest radiograph as NORMAL or PNEUMONIA. Research use only: not a medical device.",
+        "",
+        "## Data",
+        f"- data set: {data['name']} (digest `{data['digest']}`), {data['sizes']}",
+        f"- validation: {data['validation']}",
+        "",
+        "## Training",
+        f"- backbone {row['backbone']} ({row['mode']}), weights {row.get('weights_key')}, lr {row['lr']:.3g} ({row.get('lr_source')}), "
+        f"{row['epochs_run']} epochs run of {row.get('epochs')}, kept at the lowest validation loss",
+        f"- runs: train `{row['train_run_id']}`, evaluate `{row['evaluate_run_id']}`",
+        "",
+        "## Test figures (95 % intervals)",
+        f"- accuracy {ci('test_acc')}, AUC {ci('test_auc')}, sensitivity {ci('test_sensitivity')}, specificity {ci('test_specificity')}",
+        f"- validation: accuracy {row['val_acc']:.3f}" + (f", AUC {row['val_auc']:.3f}" if row.get("val_auc") is not None else ""),
+        "",
+        "## Operating point and calibration",
+        f"- threshold {row['operating_threshold']:.4g}: {row.get('operating_threshold_rule')}; predict and mlflow models serve use it unless told otherwise"
+        if row.get("operating_threshold") is not None else "- threshold 0.5 (none stored)",
+        f"- {calibration}",
+        "",
+        "## Shortcut check",
+        (f"- test AUC with the lungs hidden {shortcuts['lungs_hidden']['value']:.3f} [{shortcuts['lungs_hidden']['ci_low']:.3f}, "
+         f"{shortcuts['lungs_hidden']['ci_high']:.3f}], with only the lungs shown {shortcuts['outside_hidden']['value']:.3f} "
+         f"[{shortcuts['outside_hidden']['ci_low']:.3f}, {shortcuts['outside_hidden']['ci_high']:.3f}]") if shortcuts else "- not run",
+        "",
+        "## Known limits",
+        "- Trained and tested on one data set: the Kaggle / Kermany images are paediatric (1 to 5 years), from one centre "
+        "(Guangzhou Women and Children's Medical Center); adults, other hospitals, machines and protocols may behave differently.",
+        "- Test figures hold for images like the test set's; its class balance and any patients it shares with train are in the report.",
+        *[f"- {f}" for f in study.get("findings", []) if f.startswith(name)],
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def label(row: dict) -> str:
     return f"{row['backbone']} ({row['mode']})"
 

@@ -315,6 +315,14 @@ def comparison(compare_run_id: str) -> list[dict]:
             "cached_features_cost_s": train_metrics.get("cached_features_cost_s"),
             "cached_features_measured_in": train_tags.get("cached_features_measured_in"),
             "epochs_run": int(train_tags["epochs_run"]),
+            "model_uri": train_tags.get("model_uri"),
+            "weights_key": train.data.params.get("weights_key"),
+            "epochs": train.data.params.get("epochs"),
+            "operating_threshold": train_metrics.get("operating_threshold"),
+            "operating_threshold_rule": train_tags.get("operating_threshold_rule"),
+            "temperature": train_metrics.get("temperature"),
+            "val_ece_before_calibration": train_metrics.get("val_ece_before_calibration"),
+            "val_ece_after_calibration": train_metrics.get("val_ece_after_calibration"),
             "main_run_id": config.info.run_id,
             "train_run_id": train.info.run_id,
             "evaluate_run_id": evaluate.info.run_id,
@@ -327,10 +335,30 @@ def comparison(compare_run_id: str) -> list[dict]:
 
 # What the report reads from each evaluate run (a run from before a metric existed lacks it: None).
 COMPARED_METRICS = (
-    "train_acc", "val_acc", "test_acc", "test_auc", "test_sensitivity", "test_specificity", "val_threshold",
+    "train_acc", "val_acc", "val_auc", "test_acc", "test_auc", "test_sensitivity", "test_specificity", "val_threshold",
     *(f"test_{m}_ci_{side}" for m in ("acc", "auc", "sensitivity", "specificity") for side in ("low", "high")),
     *(f"test_auc_{hidden}{suffix}" for hidden in ("lungs_hidden", "outside_hidden") for suffix in ("", "_ci_low", "_ci_high")),
 )
+
+
+def register_champion(name: str, rows: list[dict], cards: dict[str, str], ranking: list[str]) -> dict[str, str]:
+    """Every configuration's model as a version of one registered model (one per data set), its
+    model card as the version's description; aliases `champion` and `challenger` on the first two
+    of `ranking` (chosen on validation by the caller). Returns label -> version."""
+    client = MlflowClient()
+    versions = {}
+    for row in rows:
+        label = f"{row['backbone']} ({row['mode']})"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            version = mlflow.register_model(row["model_uri"], name, tags={"backbone": row["backbone"], "mode": row["mode"]})
+        client.update_model_version(name, version.version, description=cards[label])
+        versions[label] = version.version
+    client.update_registered_model(name, description="Chest X-ray transfer-learning models of one data set, one version per configuration; "
+                                   "alias champion: the best on validation, challenger: the runner-up. Each version's description is its model card.")
+    for alias, label in zip(("champion", "challenger"), ranking):
+        client.set_registered_model_alias(name, alias, versions[label])
+    return versions
 
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s")

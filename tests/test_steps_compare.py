@@ -1,7 +1,13 @@
 """compare on a tiny data set through the real command line, and its report rebuilt from the store."""
 
+import base64
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
 
 import mlflow
 import pytest
@@ -11,7 +17,7 @@ from pipeline.config import CompareConfig, DataConfig, FitConfig, MainConfig, Tu
 from pipeline.engine import Diverged
 from pipeline.steps import compare
 
-from conftest import make_dataset, mlflow_run, runs_of
+from conftest import ROOT, free_port, local_urlopen, make_dataset, mlflow_run, runs_of, wait_for_server
 
 
 def children(parent_id, step=None):
@@ -68,11 +74,47 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
     assert "## Findings" in markdown and "## Can this test set tell them apart?" in markdown and "mean +- sd" in markdown
     findings = "\n".join(study["findings"])
     assert "distinguishable" in findings and "p = " in findings and "validation - test gap" in findings
+    # The registry: one model for the data set, a version per configuration (first seeds) with its
+    # card, champion and challenger chosen on validation; the run's description is the report.
+    client = mlflow.MlflowClient()
+    name = run.data.tags["registered_model"]
+    versions = client.search_model_versions(f"name='{name}'")
+    assert sorted(v.tags["mode"] for v in versions) == ["finetune", "frozen"]
+    champion, challenger = (client.get_model_version_by_alias(name, alias) for alias in ("champion", "challenger"))
+    val_auc = {c.data.tags["mode"]: mlflow.get_run(c.data.tags["evaluate_run_id"]).data.metrics["val_auc"]
+               for c in configurations if c.data.tags["seed_index"] == "0"}
+    assert val_auc[champion.tags["mode"]] >= val_auc[challenger.tags["mode"]] and champion.version != challenger.version
+    for v in versions:
+        card = v.description
+        assert card.startswith("# Model card: resnet18") and run.data.tags["registered_model"][-8:] in card
+        for words in ("## Test figures (95 % intervals)", "## Operating point and calibration", "## Shortcut check", "## Known limits", "paediatric"):
+            assert words in card, words
+    assert "## Findings" in run.data.tags["mlflow.note.content"] and "| mode | backbone |" in run.data.tags["mlflow.note.content"]
+    serve_and_ask(f"models:/{name}@champion", data)
     # The report rebuilt later from the store alone says the same.
     rebuilt = compare.run(DataConfig(), FitConfig(), MainConfig(), TuneConfig(), CompareConfig(report_for=run.info.run_id))
     again = mlflow.artifacts.download_artifacts(run_id=rebuilt, artifact_path="report/comparison.csv", dst_path=str(tmp_path / "b"))
     assert open(again).read() == open(f"{files}/comparison.csv").read()
     assert not children(rebuilt, "main")
+
+
+def serve_and_ask(model_uri, data):
+    """`mlflow models serve` of the model answers an image over HTTP, at the model's own threshold."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_for_server(f"http://127.0.0.1:{port}/ping", server, 240)
+        image = base64.b64encode(sorted((data / "test" / "NORMAL").iterdir())[0].read_bytes()).decode()
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        (answer,) = json.loads(local_urlopen(request, timeout=60).read())["predictions"]
+        assert answer["label"] in ("NORMAL", "PNEUMONIA") and 0 <= answer["threshold"] <= 1 and answer["error"] is None
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def test_a_diverging_configuration_is_skipped_and_said(store, tmp_path, monkeypatch, capsys):

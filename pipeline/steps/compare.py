@@ -61,6 +61,10 @@ def run(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneCo
             compare_id = parent.info.run_id
         folder = write_report(compare_id, prep, data, fit, cmp)
         mlflow.log_artifacts(str(folder), "report")
+        # The run's description in the UI: the table and the findings, so its page reads like the report.
+        mlflow.set_tag("mlflow.note.content", (folder / "comparison.md").read_text())
+        if not cmp.report_for:
+            register(folder, prep)
     print(f"\nreport: {folder / 'comparison.md'} (logged under report/ in run {parent.info.run_id})")
     print((folder / "comparison.md").read_text())
     print(tracking.ui_hint(parent.info.experiment_id))
@@ -133,7 +137,27 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
     (folder / "comparison.md").write_text(f"# {title}\n\n{tables}\n## Findings\n\n" + "".join(f"- {f}\n" for f in study["findings"]))
     (folder / "comparison.csv").write_text(report.table_csv(all_rows))
     (folder / "comparison.html").write_text(report.html_page(title, rows, study["pairwise"], figures, analysis_md, study["findings"]))
+    (folder / "model_cards").mkdir()
+    data_facts = {"name": prep.name, "digest": prep.data.digest, "sizes": prep.data.split_sizes, "validation": prep.data.val_origin}
+    for r in rows:
+        (folder / "model_cards" / f"{r['backbone']}-{r['mode']}.md").write_text(report.model_card(r, study, data_facts))
+    keep = ("backbone", "mode", "model_uri", "val_auc", "val_acc")
+    (folder / "model_cards" / "rows.json").write_text(json.dumps([{k: r.get(k) for k in keep} for r in rows]))
     return folder
+
+
+def register(folder: Path, prep: Preparation) -> None:
+    """Every configuration's model in the registry, one registered model per data set, with its
+    card; champion and challenger chosen on validation."""
+    rows = json.loads((folder / "model_cards" / "rows.json").read_text())
+    cards = {report.label(r): (folder / "model_cards" / f"{r['backbone']}-{r['mode']}.md").read_text() for r in rows}
+    name = f"cxr-{prep.name}-{prep.data.digest[:8]}"
+    ranking = report.rank_on_validation(rows)
+    versions = tracking.register_champion(name, rows, cards, ranking)
+    mlflow.set_tags({"registered_model": name, "champion": ranking[0]})
+    print(f"registered {name}: " + ", ".join(f"{label} version {v}" for label, v in versions.items())
+          + f"; champion {ranking[0]}" + (f", challenger {ranking[1]}" if len(ranking) > 1 else "") + " (by validation AUC)")
+    print(f"serve the champion: mlflow models serve -m models:/{name}@champion --env-manager local -p 5001")
 
 
 def positive_label(prep: Preparation) -> str:
