@@ -3,7 +3,9 @@ helper that runs the real command lines (`mlflow run`, `python -m pipeline`) in 
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -115,6 +117,24 @@ def local_urlopen(request: str | urllib.request.Request, timeout: float):
     if urlparse(url).hostname not in ("127.0.0.1", "localhost"):
         raise AssertionError(f"tests reach only servers they start on this machine, not {url}")
     return _DIRECT.open(request, timeout=timeout)
+
+
+def ask_served_model(model_uri: str, images: list[str]) -> list[dict]:
+    """Start `mlflow models serve` on a free loopback port, send the base64 images in one
+    request, stop the server; the predictions, one per image."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_for_server(f"http://127.0.0.1:{port}/ping", server, 240)
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image] for image in images]}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        return json.loads(local_urlopen(request, timeout=60).read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def wait_for_server(url: str, process: subprocess.Popen, seconds: float, log: Path | None = None) -> None:

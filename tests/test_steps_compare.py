@@ -3,11 +3,6 @@
 import base64
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import urllib.request
 
 import mlflow
 import pytest
@@ -17,7 +12,7 @@ from pipeline.config import CompareConfig, DataConfig, FitConfig, MainConfig, Tu
 from pipeline.engine import Diverged
 from pipeline.steps import compare
 
-from conftest import ROOT, free_port, local_urlopen, make_dataset, mlflow_run, runs_of, wait_for_server
+from conftest import ask_served_model, make_dataset, mlflow_run, runs_of
 
 
 def children(parent_id, step=None):
@@ -90,31 +85,14 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
         for words in ("## Test figures (95 % intervals)", "## Operating point and calibration", "## Shortcut check", "## Known limits", "paediatric"):
             assert words in card, words
     assert "## Findings" in run.data.tags["mlflow.note.content"] and "| mode | backbone |" in run.data.tags["mlflow.note.content"]
-    serve_and_ask(f"models:/{name}@champion", data)
+    image = base64.b64encode(sorted((data / "test" / "NORMAL").iterdir())[0].read_bytes()).decode()
+    (answer,) = ask_served_model(f"models:/{name}@champion", [image])
+    assert answer["label"] in ("NORMAL", "PNEUMONIA") and 0 <= answer["threshold"] <= 1 and answer["error"] is None
     # The report rebuilt later from the store alone says the same.
     rebuilt = compare.run(DataConfig(), FitConfig(), MainConfig(), TuneConfig(), CompareConfig(report_for=run.info.run_id))
     again = mlflow.artifacts.download_artifacts(run_id=rebuilt, artifact_path="report/comparison.csv", dst_path=str(tmp_path / "b"))
     assert open(again).read() == open(f"{files}/comparison.csv").read()
     assert not children(rebuilt, "main")
-
-
-def serve_and_ask(model_uri, data):
-    """`mlflow models serve` of the model answers an image over HTTP, at the model's own threshold."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        wait_for_server(f"http://127.0.0.1:{port}/ping", server, 240)
-        image = base64.b64encode(sorted((data / "test" / "NORMAL").iterdir())[0].read_bytes()).decode()
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
-        (answer,) = json.loads(local_urlopen(request, timeout=60).read())["predictions"]
-        assert answer["label"] in ("NORMAL", "PNEUMONIA") and 0 <= answer["threshold"] <= 1 and answer["error"] is None
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_a_diverging_configuration_is_skipped_and_said(store, tmp_path, monkeypatch, capsys):

@@ -1,13 +1,7 @@
 """predict on a folder holding a broken file, and the same model behind `mlflow models serve`."""
 
 import base64
-import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import urllib.request
 
 import mlflow
 import pandas as pd
@@ -16,7 +10,7 @@ import pytest
 from pipeline.config import DataConfig, FitConfig, ModelConfig, PredictConfig
 from pipeline.steps import predict, train
 
-from conftest import ROOT, error_lines, free_port, local_urlopen, make_dataset, pipeline_cli, wait_for_server
+from conftest import ask_served_model, error_lines, make_dataset, pipeline_cli
 
 
 @pytest.fixture
@@ -70,26 +64,13 @@ def test_mlflow_models_serve_answers_a_base64_image_with_a_probability(trained, 
     model_uri, data = trained
     image_file = sorted((data / "test" / "NORMAL").iterdir())[0]
     local = predict.run(PredictConfig(model_uri=model_uri, input=str(image_file), output=str(tmp_path / "p.csv")))
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        wait_for_server(f"http://127.0.0.1:{port}/ping", server, 240)
-        image = base64.b64encode(sorted((data / "test" / "NORMAL").iterdir())[0].read_bytes()).decode()
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image], ["@@not base64@@"]]}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
-        answer = json.loads(local_urlopen(request, timeout=60).read())
-        good, bad = answer["predictions"]
-        assert 0 <= good["probability"] <= 1 and good["label"] in ("NORMAL", "PNEUMONIA") and good["error"] is None
-        # Served and predicted alike: the same label at the same (the model's own) threshold.
-        assert (good["label"], good["threshold"]) == (local["label"][0], pytest.approx(local["threshold"][0]))
-        assert good["probability"] == pytest.approx(local["probability"][0], abs=1e-6)
-        assert bad["probability"] is None and bad["error"] == "not valid base64"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+    image = base64.b64encode(image_file.read_bytes()).decode()
+    good, bad = ask_served_model(model_uri, [image, "@@not base64@@"])
+    assert 0 <= good["probability"] <= 1 and good["label"] in ("NORMAL", "PNEUMONIA") and good["error"] is None
+    # Served and predicted alike: the same label at the same (the model's own) threshold.
+    assert (good["label"], good["threshold"]) == (local["label"][0], pytest.approx(local["threshold"][0]))
+    assert good["probability"] == pytest.approx(local["probability"][0], abs=1e-6)
+    assert bad["probability"] is None and bad["error"] == "not valid base64"
 
 
 def test_the_threshold_chosen_on_validation_travels_with_the_model(store, tmp_path):
