@@ -338,6 +338,7 @@ COMPARED_METRICS = (
     "train_acc", "val_acc", "val_auc", "test_acc", "test_auc", "test_sensitivity", "test_specificity", "val_threshold",
     *(f"test_{m}_ci_{side}" for m in ("acc", "auc", "sensitivity", "specificity") for side in ("low", "high")),
     *(f"test_auc_{hidden}{suffix}" for hidden in ("lungs_hidden", "outside_hidden") for suffix in ("", "_ci_low", "_ci_high")),
+    "saliency_in_lung_box",
 )
 
 

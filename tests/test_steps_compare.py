@@ -52,7 +52,7 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
         assert float(row["lr"]) == float(trained.data.params["lr_resolved"] if "lr_resolved" in trained.data.params else trained.data.params["lr"])
     assert {r["train_seed"] for r in table} == {"auto", "43"}
     page = open(f"{files}/comparison.html").read()
-    assert page.count("data:image/png;base64,") == 5 and '<table id="comparison">' in page and '<table id="pairwise">' in page
+    assert page.count("data:image/png;base64,") == 7 and '<table id="comparison">' in page and '<table id="pairwise">' in page
     study = json.load(open(f"{files}/analysis/analysis.json"))
     assert study["findings"] and 0 <= study["shift"]["domain_auc"] <= 1
     assert study["leakage"]["patients"]["overlap"]["train-test"]["n_patients"] == 0
@@ -64,6 +64,9 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
         causes = gap["causes"]
         assert causes["gap"]["value"] == pytest.approx(causes["leakage"]["value"] + causes["prevalence"]["value"] + causes["residual"]["value"])
     assert set(study["shortcuts"]) == {"resnet18 (frozen)", "resnet18 (finetune)"}
+    assert all(0 <= s["saliency_in_lung_box"] <= 1 for s in study["shortcuts"].values())
+    for mode in ("frozen", "finetune"):
+        assert (tmp_path / "a" / "report" / "gradcam" / f"resnet18-{mode}.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Shortcut check" in open(f"{files}/analysis/analysis.md").read()
     markdown = open(f"{files}/comparison.md").read()
     assert "## Findings" in markdown and "## Can this test set tell them apart?" in markdown and "mean +- sd" in markdown

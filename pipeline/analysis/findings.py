@@ -91,7 +91,8 @@ def findings(analysis: dict) -> list[str]:
     for name, reason in (analysis.get("skipped_configurations") or {}).items():
         out.append(f"{name} was skipped: {reason}.")
     out += comparison_findings(analysis)
-    out += [shortcut_finding(name, s["lungs_hidden"], s["outside_hidden"], s["full"]) for name, s in (analysis.get("shortcuts") or {}).items()]
+    out += [shortcut_finding(name, s["lungs_hidden"], s["outside_hidden"], s["full"], s.get("saliency_in_lung_box"))
+            for name, s in (analysis.get("shortcuts") or {}).items()]
     out += gap_findings(analysis)
     errors = analysis.get("errors", {})
     if errors:
@@ -191,10 +192,11 @@ def render(analysis: dict, max_listed: int = 30) -> str:
                          f"{t['oracle_test_acc']:.3f} at {t['oracle_threshold']:.3f} (oracle)")
     if analysis.get("shortcuts"):
         lines += ["", f"## Shortcut check (lung box x {LUNG_BOX[0]:.2f}-{LUNG_BOX[2]:.2f}, y {LUNG_BOX[1]:.2f}-{LUNG_BOX[3]:.2f} of the image)", "",
-                  "| model | test AUC | lungs hidden [95 % CI] | outside hidden [95 % CI] |", "|---|---|---|---|"]
+                  "| model | test AUC | lungs hidden [95 % CI] | outside hidden [95 % CI] | Grad-CAM heat in the lung box |", "|---|---|---|---|---|"]
         for name, s in analysis["shortcuts"].items():
             cell = lambda c: f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"  # noqa: E731
-            lines.append(f"| {name} | {s['full']:.3f} | {cell(s['lungs_hidden'])} | {cell(s['outside_hidden'])} |")
+            share = f"{100 * s['saliency_in_lung_box']:.0f} %" if s.get("saliency_in_lung_box") is not None else "-"
+            lines.append(f"| {name} | {s['full']:.3f} | {cell(s['lungs_hidden'])} | {cell(s['outside_hidden'])} | {share} |")
     noise = analysis.get("label_noise_candidates") or []
     lines += ["", f"## Label-noise candidates: {len(noise)}", ""]
     lines += [f"- `{c['file']}` labelled {c['true_label']}, wrong class at {c['mean_probability_of_wrong_class']:.2f}" for c in noise[:max_listed]]

@@ -45,11 +45,13 @@ def hide_outside(images: np.ndarray, box: tuple[float, float, float, float] = LU
     return out
 
 
-def shortcut_finding(name: str, lungs_hidden: dict, outside_hidden: dict, full_auc: float) -> str:
-    """One sentence from the two occlusion AUCs (value, ci_low, ci_high) of one model."""
+def shortcut_finding(name: str, lungs_hidden: dict, outside_hidden: dict, full_auc: float, saliency_in_box: float | None = None) -> str:
+    """One sentence from the two occlusion AUCs (value, ci_low, ci_high) of one model, and the
+    share of its Grad-CAM heat inside the lung box where it was measured."""
     figures = (
         f"test AUC {full_auc:.3f} as is, {lungs_hidden['value']:.3f} [{lungs_hidden['ci_low']:.3f}, {lungs_hidden['ci_high']:.3f}] with the lungs "
         f"hidden, {outside_hidden['value']:.3f} [{outside_hidden['ci_low']:.3f}, {outside_hidden['ci_high']:.3f}] with only the lungs shown"
+        + (f"; {100 * saliency_in_box:.0f} % of its Grad-CAM heat falls in the lung box" if saliency_in_box is not None else "")
     )
     if lungs_hidden["ci_low"] > SHORTCUT_AUC:
         return (f"{name} still separates the classes with the lungs hidden ({figures}): it is reading something other than the lungs "

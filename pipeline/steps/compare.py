@@ -130,6 +130,10 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
         "calibration.png": report.figure_png(report.reliability_figure(study["gap"])),
     }
     figures["analysis/label_noise_candidates.png"] = report.figure_png(label_noise_grid(study["label_noise_candidates"], prep))
+    for r in rows:  # each model's Grad-CAM grid, as its evaluate run drew it
+        if tracking.has_artifact(r["evaluate_run_id"], "plots/gradcam.png"):
+            figures[f"gradcam/{r['backbone']}-{r['mode']}.png"] = tracking.download(r["evaluate_run_id"], "plots/gradcam.png").read_bytes()
+    (folder / "gradcam").mkdir()
     for name, png in figures.items():
         (folder / name).write_bytes(png)
     title = f"{prep.name}: {len(rows)} configurations (compare run {compare_id})"
@@ -217,7 +221,7 @@ def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit
         "pairwise": analysis.pairwise_tests(y_test, test_scores) if len(rows) > 1 else [],
         "shortcuts": {
             report.label(r): {hidden: {"value": r[f"test_auc_{hidden}"], "ci_low": r[f"test_auc_{hidden}_ci_low"], "ci_high": r[f"test_auc_{hidden}_ci_high"]}
-                              for hidden in ("lungs_hidden", "outside_hidden")} | {"full": r["test_auc"]}
+                              for hidden in ("lungs_hidden", "outside_hidden")} | {"full": r["test_auc"], "saliency_in_lung_box": r.get("saliency_in_lung_box")}
             for r in rows if r.get("test_auc_lungs_hidden") is not None
         },
         "gap": gap,

@@ -13,7 +13,9 @@ and `test_sensitivity_at_val_threshold`,
 patient (or exact pixels) train does not hold, `val_acc_unseen_patients` and
 `test_acc_unseen_patients` with their counts `val_n_unseen_patients`, `test_n_unseen_patients`
 (and `_seen_` beside them); the shortcut check `test_auc_lungs_hidden` and
-`test_auc_outside_hidden` with their intervals (`analysis/shortcuts.py`); tags `device` (and
+`test_auc_outside_hidden` with their intervals (`analysis/shortcuts.py`); `saliency_in_lung_box`
+(share of the Grad-CAM heat inside the lung box, over the test set) and `plots/gradcam.png`
+(a seeded sample of each outcome; `analysis/saliency.py`); tags `device` (and
 `device_fallback`, with the reason, where the model could not move to it); artifacts
 `plots/confusion_matrix.png`, `plots/roc_curve.png`, `plots/occlusion.png`,
 `predictions/test.csv` and `val.csv` (file, true label, probability, predicted label).
@@ -25,6 +27,7 @@ import csv
 import io
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -32,9 +35,11 @@ import torch
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from pipeline import plots, tracking
+from pipeline.analysis.saliency import gradcam, last_conv_layer, outcome_sample, overlay, share_in_box
 from pipeline.analysis.shortcuts import box_pixels, hide_lungs, hide_outside
 from pipeline.analysis.uncertainty import auc_interval, metric_intervals
-from pipeline.config import DataConfig, EvaluateConfig, FitConfig, UserError, from_params
+from pipeline.config import DataConfig, EvaluateConfig, FitConfig, UserError, boolean, from_params
+from pipeline.models import build_classifier, resolve_weights
 from pipeline.data import prepare_dataset
 from pipeline.data.checks import seen_in_train
 from pipeline.engine import Device, pick_device, predict_proba
@@ -131,6 +136,7 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
             **{f"test_{k}_ci_{side}": getattr(interval, side) for k, interval in intervals.items() for side in ("low", "high")},
             **patient_disjoint_metrics(data.manifest(), labels, probs, classes, data_cfg.patient_pattern),
             **occlusion_metrics(model, data.images("test"), labels["test"] == pos, pos, device, data_cfg.seed),
+            **saliency_metrics(train_run, settings, data, probs["test"][:, pos] >= 0.5, data_cfg.seed),
         }
         mlflow.log_metrics(metrics)
         _log_figures(labels, probs, classes, scores, threshold, f"{backbone} ({mode})")
@@ -165,6 +171,32 @@ def occlusion_metrics(model, images: np.ndarray, positive: np.ndarray, pos: int,
     tracking.log_figure(figure, "plots/occlusion.png")
     plots.close(figure)
     return metrics
+
+
+SALIENCY_PER_OUTCOME = 2
+
+
+def saliency_metrics(train_run, settings: dict, data, called: np.ndarray, seed: int) -> dict[str, float]:
+    """Grad-CAM of the kept classifier (rebuilt from the train run's checkpoints/best.pt: the
+    exported model has no gradients): the share of heat in the lung box over the whole test set,
+    and a grid of a seeded sample of each outcome."""
+    if not tracking.has_artifact(train_run.info.run_id, "checkpoints/best.pt"):
+        mlflow.set_tag("saliency", "not computed: the train run has no checkpoints/best.pt")
+        return {}
+    pos = positive_index(data.classes)
+    classifier = build_classifier(settings["backbone"], resolve_weights(settings["backbone"], "none", 0), len(data.classes),
+                                  boolean("frozen", settings["frozen"]), 0)
+    classifier.load_state_dict(torch.load(tracking.download(train_run.info.run_id, "checkpoints/best.pt"), map_location="cpu", weights_only=True))
+    images, y = np.asarray(data.images("test")), data.labels("test") == pos
+    heat = gradcam(classifier.cpu(), images, pos)
+    sample = outcome_sample(y, called, SALIENCY_PER_OUTCOME, seed)
+    figure = plots.image_grid(
+        [overlay(images[k], heat[k]) for _, k in sample], [f"{outcome}\n{Path(data.files('test')[k]).name}" for outcome, k in sample],
+        columns=4, title=f"Grad-CAM ({type(last_conv_layer(classifier)).__name__} last layer) on test images, red = where the model looks",
+    )
+    tracking.log_figure(figure, "plots/gradcam.png")
+    plots.close(figure)
+    return {"saliency_in_lung_box": float(np.nanmean(share_in_box(heat)))}
 
 
 def patient_disjoint_metrics(rows, labels: dict, probs: dict, classes: list[str], pattern: str) -> dict[str, float]:
