@@ -26,6 +26,12 @@ def box_pixels(height: int, width: int, box: tuple[float, float, float, float] =
     return round(y0 * height), round(y1 * height), round(x0 * width), round(x1 * width)
 
 
+def box_area(box: tuple[float, float, float, float] = LUNG_BOX) -> float:
+    """The share of the image the box covers: the heat share a model looking everywhere alike would get."""
+    x0, y0, x1, y1 = box
+    return (x1 - x0) * (y1 - y0)
+
+
 def hide_lungs(images: np.ndarray, box: tuple[float, float, float, float] = LUNG_BOX) -> np.ndarray:
     """uint8 (N, H, W) with the box filled with each image's mean grey."""
     out = np.array(images, copy=True)
@@ -51,7 +57,8 @@ def shortcut_finding(name: str, lungs_hidden: dict, outside_hidden: dict, full_a
     figures = (
         f"test AUC {full_auc:.3f} as is, {lungs_hidden['value']:.3f} [{lungs_hidden['ci_low']:.3f}, {lungs_hidden['ci_high']:.3f}] with the lungs "
         f"hidden, {outside_hidden['value']:.3f} [{outside_hidden['ci_low']:.3f}, {outside_hidden['ci_high']:.3f}] with only the lungs shown"
-        + (f"; {100 * saliency_in_box:.0f} % of its Grad-CAM heat falls in the lung box" if saliency_in_box is not None else "")
+        + (f"; {100 * saliency_in_box:.0f} % of its Grad-CAM heat falls in the lung box, which is {100 * box_area():.0f} % of the image"
+           if saliency_in_box is not None else "")
     )
     if lungs_hidden["ci_low"] > SHORTCUT_AUC:
         return (f"{name} still separates the classes with the lungs hidden ({figures}): it is reading something other than the lungs "
