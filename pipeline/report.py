@@ -137,7 +137,7 @@ def rank_on_validation(rows: list[dict]) -> list[str]:
 def model_card(row: dict, study: dict, data: dict) -> str:
     """What a user of this model needs to know, in Markdown: data, patient handling, training,
     test figures with intervals, threshold, calibration, shortcut check, known limits.
-    `data`: name, digest, source, split sizes and the validation plan of the data set."""
+    `data`: name, digest, split sizes, the validation plan and who the images are of (`population`)."""
     name = label(row)
     ci = lambda k: (f"{row[k]:.3f} [{row[f'{k}_ci_low']:.3f}, {row[f'{k}_ci_high']:.3f}]" if row.get(f"{k}_ci_low") is not None  # noqa: E731
                     else f"{row[k]:.3f}")
@@ -178,13 +178,22 @@ def model_card(row: dict, study: dict, data: dict) -> str:
          f"[{shortcuts['outside_hidden']['ci_low']:.3f}, {shortcuts['outside_hidden']['ci_high']:.3f}]") if shortcuts else "- not run",
         "",
         "## Known limits",
-        "- Trained and tested on one data set: the Kaggle / Kermany images are paediatric (1 to 5 years), from one centre "
-        "(Guangzhou Women and Children's Medical Center); adults, other hospitals, machines and protocols may behave differently.",
+        f"- {data['population']}",
         "- Test figures hold for images like the test set's; its class balance and any patients it shares with train are in the report.",
         *[f"- {f}" for f in study.get("findings", []) if f.startswith(name)],
         "",
     ]
     return "\n".join(lines)
+
+
+def population(name: str, kaggle_names: bool) -> str:
+    """What the card can say of whom the images show."""
+    if name == "demo":
+        return "Trained on the synthetic demo set: drawn images, not radiographs of patients; a demonstration only."
+    if kaggle_names:
+        return ("Trained and tested on one data set with the Kaggle / Kermany file names: paediatric radiographs (1 to 5 years) from one "
+                "centre (Guangzhou Women and Children's Medical Center); adults, other hospitals, machines and protocols may behave differently.")
+    return f"Trained and tested on one data set ({name}); other hospitals, machines and populations may behave differently."
 
 
 def label(row: dict) -> str:

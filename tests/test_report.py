@@ -92,3 +92,10 @@ def test_a_compare_run_without_configurations_has_no_rows(store):
     with tracking.step_run("compare") as empty:
         pass
     assert tracking.comparison(empty.info.run_id) == []
+
+
+def test_the_model_card_says_whom_the_images_show():
+    assert "synthetic" in report.population("demo", True)
+    assert "paediatric" in report.population("chest_xray", True)
+    other = report.population("hospital-x", False)
+    assert "hospital-x" in other and "paediatric" not in other

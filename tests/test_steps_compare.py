@@ -85,7 +85,8 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
     for v in versions:
         card = v.description
         assert card.startswith("# Model card: resnet18") and run.data.tags["registered_model"][-8:] in card
-        for words in ("## Test figures (95 % intervals)", "## Operating point and calibration", "## Shortcut check", "## Known limits", "paediatric"):
+        for words in ("## Test figures (95 % intervals)", "## Operating point and calibration", "## Shortcut check", "## Known limits", "paediatric",
+                      "threshold", "lungs hidden"):
             assert words in card, words
     assert "## Findings" in run.data.tags["mlflow.note.content"] and "| mode | backbone |" in run.data.tags["mlflow.note.content"]
     image = base64.b64encode(sorted((data / "test" / "NORMAL").iterdir())[0].read_bytes()).decode()

@@ -28,7 +28,7 @@ import mlflow
 import numpy as np
 
 from pipeline import analysis, plots, report, tracking
-from pipeline.config import CompareConfig, DataConfig, FitConfig, MainConfig, ModelConfig, TuneConfig, UserError, as_params, from_params
+from pipeline.config import DEFAULT_PATIENT_PATTERN, CompareConfig, DataConfig, FitConfig, MainConfig, ModelConfig, TuneConfig, UserError, as_params, from_params
 from pipeline.data import Preparation, prepare_dataset
 from pipeline.data.checks import seen_in_train
 from pipeline.engine import Diverged, setup_training
@@ -142,7 +142,9 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
     (folder / "comparison.csv").write_text(report.table_csv(all_rows))
     (folder / "comparison.html").write_text(report.html_page(title, rows, study["pairwise"], figures, analysis_md, study["findings"]))
     (folder / "model_cards").mkdir()
-    data_facts = {"name": prep.name, "digest": prep.data.digest, "sizes": prep.data.split_sizes, "validation": prep.data.val_origin}
+    kaggle_names = data.patient_pattern == DEFAULT_PATIENT_PATTERN and prep.report["patients"].get("images_with_id", 0) > 0
+    data_facts = {"name": prep.name, "digest": prep.data.digest, "sizes": prep.data.split_sizes, "validation": prep.data.val_origin,
+                  "population": report.population(prep.name, kaggle_names)}
     for r in rows:
         (folder / "model_cards" / f"{r['backbone']}-{r['mode']}.md").write_text(report.model_card(r, study, data_facts))
     keep = ("backbone", "mode", "model_uri", "val_auc", "val_acc")
