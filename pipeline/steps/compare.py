@@ -91,9 +91,10 @@ def run_configurations(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, t
                         mlflow.set_tag("seed_index", str(k))
                         tracking.log_params(as_params(data, model, seed_fit, main_cfg, study))
                         outcome = run_configuration(data, model, seed_fit, trials, study, lr_source)
-                except Diverged as e:
-                    skipped[f"{backbone} ({mode})"] = str(e)
-                    print(f"skipped {backbone} ({mode}): {e}", flush=True)
+                except Diverged as e:  # the seeds left are skipped too: they would train at the same rate
+                    which = f"{backbone} ({mode})" + (f", training seeds {k + 1} to {cmp.seeds}" if k else "")
+                    skipped[which] = str(e)
+                    print(f"skipped {which}: {e}", flush=True)
                     break
                 if k == 0 and fit.lr is None:
                     # The other seeds train at the rate the first one used, tuned once.
