@@ -91,43 +91,28 @@ def text(name: str, value: str) -> str:
     return value
 
 
-def learning_rate(name: str, value: str) -> float | None:
-    """`auto` (None: tuned where tuning ran, else the mode's default) or a positive number."""
-    if value.strip().lower() == "auto":
-        return None
-    try:
-        return number(0.0, 1e6, high_open=False)(name, value)
-    except UserError:
-        raise UserError(f"{name} must be 'auto' or a number in (0, 1e6], got {value!r}") from None
+def auto_or(parse: Parser, allowed: str, auto: tuple[str, ...] = ("auto",)) -> Parser:
+    """`auto` (None: the setting's own default, which its help names) or what `parse` takes."""
+
+    def parse_or_auto(name: str, value: str):
+        if value.strip().lower() in auto:
+            return None
+        try:
+            return parse(name, value)
+        except UserError:
+            raise UserError(f"{name} must be 'auto' or {allowed}, got {value!r}") from None
+
+    return parse_or_auto
 
 
-def threshold_or_auto(name: str, value: str) -> float | None:
-    if value.strip().lower() == "auto":
-        return None
-    try:
-        return number(0.0, 1.0)(name, value)
-    except UserError:
-        raise UserError(f"{name} must be 'auto' (the model's own) or a number in (0, 1), got {value!r}") from None
-
-
-def seed_or_auto(name: str, value: str) -> int | None:
-    """`auto` (None: the data seed) or a seed."""
-    if value.strip().lower() == "auto":
-        return None
-    try:
-        return integer(0, 2**31 - 1)(name, value)
-    except UserError:
-        raise UserError(f"{name} must be 'auto' or an integer from 0 to {2**31 - 1}, got {value!r}") from None
-
-
-def fraction_or_auto(name: str, value: str) -> float | None:
-    """`auto` (None) or a number in (0, 1)."""
-    if value.strip().lower() in ("auto", "none", ""):
-        return None
-    try:
-        return number(0.0, 1.0)(name, value)
-    except UserError:
-        raise UserError(f"{name} must be 'auto' or a number in (0, 1), got {value!r}") from None
+# auto: tuned where tuning ran, else the mode's default
+learning_rate = auto_or(number(0.0, 1e6, high_open=False), "a number in (0, 1e6]")
+# auto: the threshold stored with the model
+threshold_or_auto = auto_or(number(0.0, 1.0), "a number in (0, 1) (auto = the model's own)")
+# auto: the data seed
+seed_or_auto = auto_or(integer(0, 2**31 - 1), f"an integer from 0 to {2**31 - 1}")
+# auto: Youden's J
+fraction_or_auto = auto_or(number(0.0, 1.0), "a number in (0, 1)", auto=("auto", "none", ""))
 
 
 def lr_range(name: str, value: str) -> tuple[float, float] | None:

@@ -457,8 +457,7 @@ class TrainingSetup:
 
     @property
     def seed(self) -> int:
-        """Seed of the model's initialisation and training order: `train_seed`, else the data's."""
-        return self.fit.train_seed if self.fit.train_seed is not None else self.data.seed
+        return training_seed(self.data, self.fit)
 
     @property
     def precision(self) -> str:
@@ -501,8 +500,14 @@ class TrainingSetup:
         return cache.get_or_extract(self.feature_key, model, self.prep.data, self.fit.batch_size, self.device, splits, measured_in)
 
 
+def training_seed(data: DataConfig, fit: FitConfig) -> int:
+    """Seed of the model's initialisation (random weights included) and training order:
+    `train_seed`, else the data's."""
+    return fit.train_seed if fit.train_seed is not None else data.seed
+
+
 def setup_training(data: DataConfig, model: ModelConfig, fit: FitConfig, prep: Preparation | None = None) -> TrainingSetup:
     device = pick_device(fit.device, fit.num_threads)
     prep = prep or prepare_dataset(data)
-    weights = resolve_weights(model.backbone, model.weights, fit.train_seed if fit.train_seed is not None else data.seed)
+    weights = resolve_weights(model.backbone, model.weights, training_seed(data, fit))
     return TrainingSetup(data, model, fit, prep, weights, device)

@@ -158,3 +158,14 @@ def test_a_model_that_cannot_move_to_the_device_is_scored_on_the_cpu_and_says_so
     assert isinstance(model, Bound) and device.type == "cpu"
     assert note.startswith("the logged model cannot move to cuda (RuntimeError: this exported program is bound") and "scored on the CPU" in note
     assert evaluate.load_model("models:/m-x", Device(torch.device("cpu")))[2] is None
+
+
+def test_the_threshold_is_the_one_stored_with_the_model_by_its_train_run(fixed_train_run):
+    run_id, _, data = fixed_train_run
+    mlflow.MlflowClient().log_metric(run_id, "operating_threshold", 0.37)
+    mlflow.MlflowClient().set_tag(run_id, "operating_threshold_rule", "sensitivity >= 0.95 on validation")
+    evaluated = mlflow.get_run(evaluate.run(EvaluateConfig(train_run_id=run_id)).run_id)
+    assert evaluated.data.metrics["val_threshold"] == 0.37
+    assert evaluated.data.tags["val_threshold_rule"] == "sensitivity >= 0.95 on validation"
+    y, p = data.labels("test"), p_pneumonia(data.images("test"))
+    assert evaluated.data.metrics["test_sensitivity_at_val_threshold"] == pytest.approx(skm.recall_score(y, p >= 0.37), abs=1e-6)

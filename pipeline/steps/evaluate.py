@@ -5,7 +5,8 @@ train run used, read back from the cache.
 Outputs (run `<backbone>-<mode>-evaluate`): `train_acc`, `val_acc`, `test_acc`, `test_loss`,
 `test_auc`, `test_f1`, `test_precision`, `test_sensitivity`, `test_specificity` (positive class
 PNEUMONIA, threshold 0.5); `val_threshold`, the model's operating threshold chosen on the
-validation set (Youden's J, or the train run's `target_sensitivity`; tag `val_threshold_rule`),
+validation set and stored with it by the train run (Youden's J, or its `target_sensitivity`;
+tag `val_threshold_rule`),
 and `test_sensitivity_at_val_threshold`,
 `test_specificity_at_val_threshold`, `test_acc_at_val_threshold`; 95 % intervals
 `<metric>_ci_low` / `<metric>_ci_high` beside `test_acc`, `test_auc`, `test_sensitivity` and
@@ -38,7 +39,7 @@ from pipeline import plots, tracking
 from pipeline.analysis.saliency import gradcam, last_conv_layer, outcome_sample, overlay, share_in_box
 from pipeline.analysis.shortcuts import box_pixels, hide_lungs, hide_outside
 from pipeline.analysis.uncertainty import auc_interval, metric_intervals
-from pipeline.config import DataConfig, EvaluateConfig, FitConfig, UserError, boolean, from_params
+from pipeline.config import DataConfig, EvaluateConfig, UserError, boolean, from_params
 from pipeline.models import build_classifier, resolve_weights
 from pipeline.data import prepare_dataset
 from pipeline.data.checks import seen_in_train
@@ -118,9 +119,7 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
         probs = {s: predict_proba(model, data.images(s), 64, device) for s in SPLITS}
         labels = {s: data.labels(s) for s in SPLITS}
         scores = {s: score(labels[s], probs[s], classes) for s in SPLITS}
-        # The rule the model's stored threshold was chosen by (Youden's J, or a target sensitivity).
-        (fit,) = from_params(settings, FitConfig)
-        threshold, rule = operating_threshold((labels["val"] == positive_index(classes)).astype(int), probs["val"][:, positive_index(classes)], fit.target_sensitivity)
+        threshold, rule = model_threshold(train_run, labels["val"] == positive_index(classes), probs["val"][:, positive_index(classes)])
         mlflow.set_tag("val_threshold_rule", rule)
         at_val = score(labels["test"], probs["test"], classes, threshold)
         pos = positive_index(classes)
@@ -149,6 +148,14 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
         f"{metrics['test_sensitivity_at_val_threshold']:.3f} / {metrics['test_specificity_at_val_threshold']:.3f})"
     )
     return Evaluated(active.info.run_id, metrics, reused=False)
+
+
+def model_threshold(train_run, y_val: np.ndarray, p_val: np.ndarray) -> tuple[float, str]:
+    """The threshold the model is used at: the one its train run chose on validation and stored
+    with it; a model logged without one (not by the train step) gets Youden's J on validation."""
+    if "operating_threshold" in train_run.data.metrics:
+        return train_run.data.metrics["operating_threshold"], train_run.data.tags["operating_threshold_rule"]
+    return operating_threshold(y_val.astype(int), p_val, None)
 
 
 OCCLUSIONS = {"lungs_hidden": hide_lungs, "outside_hidden": hide_outside}
@@ -201,10 +208,9 @@ def saliency_metrics(train_run, settings: dict, data, called: np.ndarray, seed: 
 
 def patient_disjoint_metrics(rows, labels: dict, probs: dict, classes: list[str], pattern: str) -> dict[str, float]:
     """Accuracy of val and test on images of patients train has seen and of those it has not."""
-    metrics = {}
+    metrics, pos = {}, positive_index(classes)
     for split in ("val", "test"):
         seen = seen_in_train(rows, split, pattern)
-        pos = positive_index(classes)
         right = (probs[split][:, pos] >= 0.5) == (labels[split] == pos)
         for name, members in (("seen", seen), ("unseen", ~seen)):
             metrics[f"{split}_n_{name}_patients"] = int(members.sum())

@@ -34,7 +34,7 @@ from pipeline.config import DataConfig, FitConfig, ModelConfig, ResumeConfig, Us
 from pipeline.data import Preparation
 from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, predict_proba, setup_training, train_classifier
 from pipeline.analysis.gap import calibration
-from pipeline.calibration import TemperatureScaled, fit_temperature
+from pipeline.calibration import TemperatureScaled, apply_temperature, fit_temperature
 from pipeline.metrics import operating_threshold, positive_index
 from pipeline.steps.prepare import data_params
 
@@ -152,10 +152,20 @@ def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> 
             features=features.splits if features else None, on_epoch=on_epoch, checkpoint=checkpoint,
         )
         # The recorder's last write goes on beside the summary, the plot and the model export.
-        return _log_outcome(setup, model, state, features_s, checkpoint_dir)
+        return _log_outcome(setup, model, state, features_s, checkpoint_dir, features)
 
 
-def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float, checkpoint_dir: Path) -> str:
+def val_probabilities(setup: TrainingSetup, model, features) -> np.ndarray:
+    """The kept model's class probabilities on validation, once: through the head alone on the
+    cached features in frozen mode (the backbone has already seen these images), else the model."""
+    if features is None:
+        return predict_proba(model, setup.prep.data.images("val"), setup.fit.batch_size, setup.device)
+    with torch.inference_mode():
+        logits = model.head(features.splits["val"].to(setup.device.torch_device))
+    return torch.softmax(logits.float(), 1).cpu().numpy()
+
+
+def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float, checkpoint_dir: Path, features) -> str:
     """The run's summary metrics and tags, learning curves, best weights and logged model."""
     model_cfg, best = setup.model, state.best
     mlflow.log_metrics({
@@ -171,8 +181,12 @@ def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float
     plots.close(figure)
     # The logged model is the classifier, or with calibrate=true the classifier and its temperature;
     # best.pt keeps the classifier's own weights (usable as weights= of a later run).
-    exported = calibrated(setup, model) if setup.fit.calibrate else model
-    operating = operating_point(setup, exported)
+    probs = val_probabilities(setup, model, features)
+    exported = model
+    if setup.fit.calibrate:
+        temperature, probs = calibrated(setup, probs)
+        exported = TemperatureScaled(model, temperature).eval()
+    operating = operating_point(setup, probs)
     mlflow.log_metric("operating_threshold", operating.threshold)
     mlflow.set_tag("operating_threshold_rule", operating.rule)
     exported.cpu()
@@ -187,28 +201,26 @@ def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float
     return info.model_uri
 
 
-def calibrated(setup: TrainingSetup, model) -> TemperatureScaled:
-    """Temperature scaling fitted on validation; the expected calibration error before and after."""
+def calibrated(setup: TrainingSetup, probs: np.ndarray) -> tuple[float, np.ndarray]:
+    """Temperature scaling fitted on validation: T and the calibrated validation probabilities;
+    the expected calibration error before and after is logged."""
     data = setup.prep.data
     pos = positive_index(data.classes)
     labels = data.labels("val")
-    probs = predict_proba(model, data.images("val"), setup.fit.batch_size, setup.device)
     temperature = fit_temperature(np.log(np.clip(probs, 1e-12, 1.0)), labels)
-    scaled = TemperatureScaled(model, temperature).eval()
-    after = predict_proba(scaled, data.images("val"), setup.fit.batch_size, setup.device)
+    after = apply_temperature(probs, temperature)
     before_ece, after_ece = (calibration(labels == pos, p[:, pos])["ece"] for p in (probs, after))
     mlflow.log_metrics({"temperature": temperature, "val_ece_before_calibration": before_ece, "val_ece_after_calibration": after_ece})
     print(f"calibrated on validation: temperature {temperature:.3f}, expected calibration error {before_ece:.4f} -> {after_ece:.4f}")
-    return scaled
+    return temperature, after
 
 
-def operating_point(setup: TrainingSetup, model) -> serving.OperatingPoint:
-    """The kept model's threshold, chosen on validation (never test): it travels with the model,
-    so `predict` and `mlflow models serve` call labels at it unless told otherwise."""
+def operating_point(setup: TrainingSetup, probs: np.ndarray) -> serving.OperatingPoint:
+    """The kept model's threshold, chosen on validation probabilities (never test): it travels
+    with the model, so `predict` and `mlflow models serve` call labels at it unless told otherwise."""
     data = setup.prep.data
     pos = positive_index(data.classes)
-    probs = predict_proba(model, data.images("val"), setup.fit.batch_size, setup.device)[:, pos]
-    threshold, rule = operating_threshold(data.labels("val") == pos, probs, setup.fit.target_sensitivity)
+    threshold, rule = operating_threshold(data.labels("val") == pos, probs[:, pos], setup.fit.target_sensitivity)
     return serving.OperatingPoint(threshold, rule)
 
 
