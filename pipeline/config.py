@@ -111,6 +111,8 @@ learning_rate = auto_or(number(0.0, 1e6, high_open=False), "a number in (0, 1e6]
 threshold_or_auto = auto_or(number(0.0, 1.0), "a number in (0, 1) (auto = the model's own)")
 # auto: the data seed
 seed_or_auto = auto_or(integer(0, 2**31 - 1), f"an integer from 0 to {2**31 - 1}")
+# auto: half of the memory available
+memory_or_auto = auto_or(number(0.0), "a number of GB > 0")
 # auto: Youden's J
 fraction_or_auto = auto_or(number(0.0, 1.0), "a number in (0, 1)", auto=("auto", "none", ""))
 
@@ -213,18 +215,49 @@ def option(default: Any, parse: Parser, help: str) -> Any:
 
 # -- the groups ---------------------------------------------------------------------------------
 
+CSV_COLUMN_DEFAULTS = {"file": "file", "label": "label", "patient": "patient", "split": "split"}
+
+
+def csv_columns(name: str, value: str) -> str:
+    """`role=column` pairs, comma-separated; roles file, label, patient, split; unnamed roles keep
+    their default column names. Returned whole (every role), so the logged parameter says it all."""
+    columns = dict(CSV_COLUMN_DEFAULTS)
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        role, sep, column = (x.strip() for x in part.partition("="))
+        if not sep or role not in columns or not column:
+            raise UserError(
+                f"{name} takes role=column pairs for the roles {', '.join(columns)}, e.g. "
+                f"'file=Image Index,label=Finding Labels,patient=Patient ID'; got {part!r}"
+            )
+        columns[role] = column
+    return ",".join(f"{role}={column}" for role, column in columns.items())
+
+
+def column_map(value: str) -> dict[str, str]:
+    """A parsed `csv_columns` value as role -> column."""
+    return dict(part.split("=", 1) for part in value.split(","))
+
+
+def label_list(name: str, value: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
+
+
 DEFAULT_PATIENT_PATTERN = r"^(?P<patient>person\d+_(?:bacteria|virus)|(?:NORMAL2-)?IM-\d+)"
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    data_dir: str = option("", text, "Kaggle-layout folder, MedMNIST .npz file, or '' ($CXR_DATA_DIR if set, else the demo set)")
+    data_dir: str = option("", text, "Kaggle-layout folder, MedMNIST .npz file, label table (.csv), or '' ($CXR_DATA_DIR if set, else the demo set)")
     image_size: int = option(224, integer(16, 1024), "side of the square images the models see")
     val_source: str = option("auto", choice("auto", "folder", "split"), "validation: val/ as given (folder), re-split from train/ by patient (split), or auto: val/ if it has >= 50 images of every class")
     val_fraction: float = option(0.2, number(0.0, 0.5, high_open=False), "share of train/ held out as validation (by patient) when validation is split")
     seed: int = option(42, integer(0, 2**31 - 1), "seed of the demo set, the validation split, the model and training")
     cache_dir: str = option("", text, "where decoded images and features are cached ('' = $CXR_TRANSFER_CACHE or the user cache)")
-    patient_pattern: str = option(DEFAULT_PATIENT_PATTERN, patient_pattern, "regex whose 'patient' group is a file's patient id")
+    patient_pattern: str = option(DEFAULT_PATIENT_PATTERN, patient_pattern, "regex whose 'patient' group is a file's patient id (where the source gives none)")
+    csv_columns: str = option(csv_columns("csv_columns", ""), csv_columns, "CSV source: role=column pairs for file, label, patient, split")
+    positive_labels: tuple[str, ...] = option((), label_list, "CSV source: findings (comma-separated) that make a row PNEUMONIA, every other NORMAL ('' = the label column holds NORMAL/PNEUMONIA or 0/1)")
+    test_list: str = option("", text, "CSV source without a split column: a file naming the test images, one per line (e.g. NIH's test_list.txt)")
+    test_fraction: float = option(0.2, number(0.0, 0.5, high_open=False), "CSV source with neither split column nor test_list: share held out as test, by patient")
 
 
 @dataclass(frozen=True)
@@ -253,6 +286,8 @@ class FitConfig:
     train_seed: int | None = option(None, seed_or_auto, "seed of the model's initialisation and training order (auto = seed); compare's seeds vary it")
     calibrate: bool = option(False, boolean, "fit a temperature on validation so the model's probabilities mean what they say (ECE before and after logged)")
     target_sensitivity: float | None = option(None, fraction_or_auto, "operating threshold stored with the model: auto = Youden's J on validation, or the highest reaching this sensitivity on validation (e.g. 0.95)")
+    nproc: int = option(1, integer(1, 1024), "train: processes on this machine (one per GPU), started with torchrun; > 1 trains with DistributedDataParallel")
+    max_memory_gb: float | None = option(None, memory_or_auto, "decoded images a process may hold in memory, GB (auto = half of what is available); a larger split is streamed from the cache")
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from tqdm import tqdm
 from pipeline.config import DataConfig, FitConfig, ModelConfig, UserError
 from pipeline.data import Preparation, PreparedData, prepare_dataset
 from pipeline.data.cache import FORMAT_VERSION, cache_root
+from pipeline.distributed import World
+from pipeline.loading import InMemory, Streamed, image_source, memory_budget
 from pipeline.models import Classifier, Weights, build_classifier, check_input_size, init_head, parameter_groups, resolve_weights
 
 DEFAULT_LR = {"frozen": 1e-3, "finetune": 1e-4}
-# Whole splits are moved to the GPU once when they are this small (uint8 bytes).
-DEVICE_RESIDENT_LIMIT = 2 * 1024**3
 
 
 # -- device -----------------------------------------------------------------------------------
@@ -71,12 +71,10 @@ def pick_device(setting: str, num_threads: int = 0) -> Device:
 # -- inputs -----------------------------------------------------------------------------------
 
 
-def as_tensor(images: np.ndarray, device: Device) -> torch.Tensor:
-    """A whole split as a uint8 tensor, on the GPU when it fits: indexing it then costs nothing."""
-    tensor = torch.from_numpy(np.array(images))  # a writable copy in RAM, read from the cache once
-    if device.type == "cuda" and tensor.numel() <= DEVICE_RESIDENT_LIMIT:
-        return tensor.to(device.torch_device)
-    return tensor.pin_memory() if device.type == "cuda" else tensor
+def source_of(images: np.ndarray, device: Device, budget: int | None = None) -> InMemory | Streamed:
+    """A split's images for the loops: in memory within `budget` bytes (default: half of the
+    memory available), else streamed from the decoded cache."""
+    return image_source(images, device.type, device.torch_device, memory_budget(None) if budget is None else budget)
 
 
 def to_model_input(batch: torch.Tensor, device: Device) -> torch.Tensor:
@@ -86,12 +84,13 @@ def to_model_input(batch: torch.Tensor, device: Device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if device.channels_last else x
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     """Light, radiograph-safe augmentation of a batch: small rotation (+-7 deg), scale (+-8 %),
     shift (+-5 %), brightness and contrast (+-10 %). No flips: the heart sits on the left, and a
-    mirrored chest is an anatomy the test set never shows."""
+    mirrored chest is an anatomy the test set never shows. `draws` (N, 6) in [0, 1) are drawn
+    for the whole global batch by every rank alike, so sharding changes no image's augmentation."""
     n = x.shape[0]
-    r = torch.rand(n, 6, generator=generator).to(x.device) * 2 - 1
+    r = draws.to(x.device) * 2 - 1
     angle, scale = r[:, 0] * math.radians(7), 1 + r[:, 1] * 0.08
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, r[:, 2] * 0.05], 1), torch.stack([sin, cos, r[:, 3] * 0.05], 1)], 1)
@@ -102,13 +101,14 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return ((x - mean) * contrast + mean + brightness).clamp_(0, 1)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Index batches over n items: shuffled when a generator is given (training), in order
-    otherwise. A training epoch never ends on a batch of one, which batch norm cannot train on:
-    that last item joins the batch before it."""
+def batches(n: int, batch_size: int, generator: torch.Generator | None = None, world: World = World()) -> list[torch.Tensor]:
+    """Global index batches over n items: shuffled when a generator is given (training), in
+    order otherwise. In training each of the world's ranks must get at least two items of every
+    batch (batch norm cannot train on one, and DDP needs every rank to step): a last batch
+    smaller than that joins the batch before it."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
     parts = list(order.split(batch_size))
-    if generator is not None and len(parts) > 1 and len(parts[-1]) == 1:
+    if generator is not None and len(parts) > 1 and len(parts[-1]) < 2 * world.size:
         parts[-2:] = [torch.cat(parts[-2:])]
     return parts
 
@@ -117,14 +117,22 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None) -
 
 
 @torch.inference_mode()
-def extract_features(model: Classifier, images: np.ndarray, batch_size: int, device: Device, desc: str = "features") -> torch.Tensor:
+def extract_features(
+    model: Classifier, images: np.ndarray, batch_size: int, device: Device, desc: str = "features", world: World = World(),
+    budget: int | None = None,
+) -> torch.Tensor:
+    """Backbone features of every image, in order. Across a world each rank extracts one
+    contiguous share and every rank ends with all of them."""
     model.eval()
-    source = as_tensor(images, device)
+    share = torch.arange(len(images)).tensor_split(world.size)[world.rank]
+    source = source_of(images, device, budget)
     out = []
-    for idx in tqdm(batches(len(images), batch_size), desc=desc, unit="batch", disable=None, leave=False):
+    parts = [share[b] for b in batches(len(share), batch_size)]
+    for x in tqdm(source.batches(parts), total=len(parts), desc=desc, unit="batch", disable=None, leave=False):
         with device.autocast():
-            out.append(model.features(to_model_input(source[idx.to(source.device)], device)).float())
-    return torch.cat(out) if out else torch.zeros(0)
+            out.append(model.features(to_model_input(x, device)).float())
+    local = torch.cat(out) if out else torch.zeros((0, model.head.in_features))
+    return world.gather_rows(local, device.torch_device if device.type == "cuda" else None)
 
 
 @dataclass
@@ -158,27 +166,29 @@ class FeatureCache:
 
     def get_or_extract(
         self, key: str, model: Classifier, data: PreparedData, batch_size: int, device: Device, splits: tuple[str, ...],
-        measured_in: dict | None = None,
+        measured_in: dict | None = None, world: World = World(), budget: int | None = None,
     ) -> Features:
         found: dict[str, torch.Tensor] = {}
         result = Features(found, 0.0)
         for split in splits:
             entry_key = f"{key}-{split}"
             extracted_now = False
-            if entry_key not in self._memory:
-                path = self.root / f"{entry_key}.pt"
-                if path.exists():
-                    self._memory[entry_key] = torch.load(path, map_location="cpu", weights_only=True)
-                else:
-                    start = time.perf_counter()
-                    features = extract_features(model, data.images(split), batch_size, device, desc=f"{split} features").cpu()
-                    entry = {"features": features, "extraction_s": time.perf_counter() - start, "measured_in": dict(measured_in or {}, split=split)}
+            path = self.root / f"{entry_key}.pt"
+            # Extraction is collective across a world: every rank must take the same branch, so
+            # the file is loaded only where every rank (every node's disk) has it.
+            if not all(world.all_values(entry_key in self._memory or path.exists())):
+                start = time.perf_counter()
+                features = extract_features(model, data.images(split), batch_size, device, f"{split} features", world, budget).cpu()
+                entry = {"features": features, "extraction_s": time.perf_counter() - start, "measured_in": dict(measured_in or {}, split=split)}
+                if world.main:
                     self.root.mkdir(parents=True, exist_ok=True)
                     tmp = path.with_suffix(f".{time.time_ns()}.tmp")
                     torch.save(entry, tmp)
                     tmp.replace(path)
-                    self._memory[entry_key] = entry
-                    extracted_now = True
+                self._memory[entry_key] = entry
+                extracted_now = True
+            elif entry_key not in self._memory:
+                self._memory[entry_key] = torch.load(path, map_location="cpu", weights_only=True)
             entry = self._memory[entry_key]
             found[split] = entry["features"]
             if extracted_now:
@@ -237,9 +247,9 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
 
 def run_epoch(
     module: nn.Module,
-    inputs: torch.Tensor,
+    source: InMemory | Streamed,
     labels: torch.Tensor,
-    loss_fn: nn.Module,
+    weight: torch.Tensor | None,
     device: Device,
     batch_size: int,
     optimizer: torch.optim.Optimizer | None = None,
@@ -248,33 +258,45 @@ def run_epoch(
     augment_images: bool = False,
     desc: str = "",
     scaler: torch.amp.GradScaler | None = None,
+    world: World = World(),
 ) -> tuple[float, float]:
-    """One pass over a split: trains when given an optimizer, else evaluates. Returns the mean
-    loss and the accuracy. `images`: inputs are uint8 images, else ready feature vectors.
+    """One pass over a split: trains when given an optimizer, else evaluates. Returns the loss
+    (class-weighted mean over the epoch, `weight` per class or None) and the accuracy, over the
+    whole split: across a world each rank takes its shard of every batch and the sums are
+    all-reduced. `images`: the source holds uint8 images, else ready feature vectors.
     `scaler` (float16 autocast only) carries its loss scale from one epoch to the next."""
     training = optimizer is not None
     module.train(training)
     scaler = scaler or torch.amp.GradScaler(enabled=False)
-    total_loss, correct, seen = 0.0, 0, 0
+    parts = batches(len(labels), batch_size, generator if training else None, world)
+    # Drawn for whole global batches after the permutation, alike on every rank.
+    draws = [torch.rand(len(p), 6, generator=generator) for p in parts] if augment_images else None
+    item_weight = weight[labels] if weight is not None else torch.ones(len(labels))
+    shards = [world.shard(p) for p in parts]
+    sums = torch.zeros(4, dtype=torch.float64)  # weighted loss, weight, correct, seen
     with torch.set_grad_enabled(training):
-        for idx in tqdm(batches(len(labels), batch_size, generator if training else None), desc=desc, unit="batch", disable=None, leave=False):
-            x = inputs[idx.to(inputs.device)]
+        for k, x in enumerate(tqdm(source.batches(shards), total=len(shards), desc=desc, unit="batch", disable=None, leave=False)):
+            idx = shards[k]
+            if not len(idx):  # evaluation of a batch smaller than the world
+                continue
             x = to_model_input(x, device) if images else x.to(device.torch_device)
             if augment_images:
-                x = augment(x, generator)
-            y = labels[idx].to(device.torch_device)
+                x = augment(x, world.shard(draws[k]))
+            y, w = labels[idx].to(device.torch_device), item_weight[idx].to(device.torch_device)
             with device.autocast():
                 logits = module(x)
-                loss = loss_fn(logits.float(), y)
+            weighted = F.cross_entropy(logits.float(), y, reduction="none") * w
             if training:
+                # The global batch's weighted mean: this shard's part of the sum over the whole
+                # batch's weight, times the world size since DDP averages gradients over ranks.
+                loss = weighted.sum() * world.size / item_weight[parts[k]].sum().to(device.torch_device)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-    return total_loss / seen, correct / seen
+            sums += torch.tensor([weighted.sum().item(), w.sum().item(), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
+    loss_sum, weight_sum, correct, seen = world.sum(sums.tolist())
+    return loss_sum / weight_sum, correct / seen
 
 
 EpochCallback = Callable[[EpochStats, FitState, Callable[[], dict]], None]
@@ -310,6 +332,7 @@ def train_classifier(
     on_epoch: EpochCallback | None = None,
     checkpoint: dict | None = None,
     should_stop: Callable[[EpochStats], bool] | None = None,
+    world: World = World(),
 ) -> FitState:
     """Train, keeping the epoch with the lowest validation loss (smoother than accuracy on a
     small validation set), stopping after `fit.patience` epochs without improvement.
@@ -318,6 +341,11 @@ def train_classifier(
     `on_epoch(stats, state, make_checkpoint)` is called after every epoch; a checkpoint given
     back here continues training from its epoch. `should_stop(stats)` lets a caller (the tuner's
     pruner) end training early. At the end the model holds the kept epoch's weights.
+
+    Across a `world` (torchrun), every rank calls this with the same arguments; the trainable
+    part is wrapped in DistributedDataParallel, each rank steps on its shard of every global
+    batch of `fit.batch_size`, and every rank sees the same epoch figures (give `on_epoch` on
+    rank 0 only). Fine-tuning's batch norm normalises over each rank's shard, as DDP does.
     """
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -334,12 +362,23 @@ def train_classifier(
         # folded into the head's weights at the end, so the model still takes raw features.
         mean, std = feature_scale(features["train"])
         inputs = {s: ((features[s] - mean) / std).to(device.torch_device) for s in ("train", "val")}
+        inputs = {s: InMemory(t) for s, t in inputs.items()}
     else:
         trainable = model
-        inputs = {s: as_tensor(data.images(s), device) for s in ("train", "val")}
+        budget = memory_budget(fit.max_memory_gb) // max(1, world.local_size)  # every process on this machine holds its own
+        inputs = {s: source_of(data.images(s), device, budget) for s in ("train", "val")}
     labels = {s: torch.from_numpy(data.labels(s)) for s in ("train", "val")}
+    if len(labels["train"]) < 2 * world.size or fit.batch_size < 2 * world.size:
+        raise UserError(
+            f"{world.size} processes need at least two images each in every batch (batch norm cannot train on one): "
+            f"batch_size is {fit.batch_size} and train holds {len(labels['train'])}; raise batch_size to {2 * world.size} or more, or lower nproc"
+        )
     weight = class_weights(data.labels("train"), len(data.classes)) if fit.class_weights == "auto" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight.to(device.torch_device) if weight is not None else None)
+    stepped = trainable
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        stepped = DistributedDataParallel(trainable, device_ids=[world.local_rank] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(parameter_groups(model, lr, fit.backbone_lr_scale), weight_decay=fit.weight_decay)
     # Cosine decay to 1 % over the planned epochs, stepped once per epoch.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -385,11 +424,13 @@ def train_classifier(
         epoch_start = time.perf_counter()
         lr_now = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = run_epoch(
-            trainable, inputs["train"], labels["train"], loss_fn, device, fit.batch_size, optimizer, generator,
-            images=images, augment_images=images and fit.augment, desc=f"epoch {epoch} train", scaler=scaler,
+            stepped, inputs["train"], labels["train"], weight, device, fit.batch_size, optimizer, generator,
+            images=images, augment_images=images and fit.augment, desc=f"epoch {epoch} train", scaler=scaler, world=world,
         )
+        # Validation through the plain module: DDP's forward would broadcast buffers, a collective
+        # that ranks with different numbers of batches would wait on forever.
         val_loss, val_acc = run_epoch(
-            trainable, inputs["val"], labels["val"], loss_fn, device, fit.batch_size, images=images, desc=f"epoch {epoch} val"
+            trainable, inputs["val"], labels["val"], weight, device, fit.batch_size, images=images, desc=f"epoch {epoch} val", world=world,
         )
         scheduler.step()
         stats = EpochStats(epoch, train_loss, train_acc, val_loss, val_acc, lr_now, time.perf_counter() - epoch_start)
@@ -431,11 +472,11 @@ def fold_scale_into(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> N
 def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device: Device) -> np.ndarray:
     """Class probabilities (N, C) of uint8 images (N, H, W), no augmentation. The model must be
     in eval mode already (an exported program cannot be switched)."""
-    source = as_tensor(images, device)
+    parts = batches(len(images), batch_size)
     out = []
-    for idx in tqdm(batches(len(images), batch_size), desc="predict", unit="batch", disable=None, leave=False):
+    for x in tqdm(source_of(images, device).batches(parts), total=len(parts), desc="predict", unit="batch", disable=None, leave=False):
         with device.autocast():
-            out.append(torch.softmax(model(to_model_input(source[idx.to(source.device)], device)).float(), 1).cpu())
+            out.append(torch.softmax(model(to_model_input(x, device)).float(), 1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
@@ -453,6 +494,7 @@ class TrainingSetup:
     prep: Preparation
     weights: Weights
     device: Device
+    world: World = World()
     _frozen_model: Classifier | None = None
 
     @property
@@ -497,7 +539,8 @@ class TrainingSetup:
         if not self.model.frozen:
             return None
         cache = FeatureCache(cache_root(self.data.cache_dir))
-        return cache.get_or_extract(self.feature_key, model, self.prep.data, self.fit.batch_size, self.device, splits, measured_in)
+        budget = memory_budget(self.fit.max_memory_gb) // max(1, self.world.local_size)
+        return cache.get_or_extract(self.feature_key, model, self.prep.data, self.fit.batch_size, self.device, splits, measured_in, self.world, budget)
 
 
 def training_seed(data: DataConfig, fit: FitConfig) -> int:
@@ -506,8 +549,12 @@ def training_seed(data: DataConfig, fit: FitConfig) -> int:
     return fit.train_seed if fit.train_seed is not None else data.seed
 
 
-def setup_training(data: DataConfig, model: ModelConfig, fit: FitConfig, prep: Preparation | None = None) -> TrainingSetup:
+def setup_training(data: DataConfig, model: ModelConfig, fit: FitConfig, prep: Preparation | None = None, world: World = World()) -> TrainingSetup:
+    """Across a world, rank 0 prepares the data and fetches the weights first; the others then
+    find them in the caches."""
     device = pick_device(fit.device, fit.num_threads)
-    prep = prep or prepare_dataset(data)
-    weights = resolve_weights(model.backbone, model.weights, training_seed(data, fit))
-    return TrainingSetup(data, model, fit, prep, weights, device)
+    if device.type == "cuda" and world.distributed:
+        device = Device(torch.device("cuda", world.local_rank), device.amp_dtype, device.channels_last)
+    prep = prep or world.main_first(lambda: prepare_dataset(data))
+    weights = world.main_first(lambda: resolve_weights(model.backbone, model.weights, training_seed(data, fit)))
+    return TrainingSetup(data, model, fit, prep, weights, device, world)

@@ -22,7 +22,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import mlflow
@@ -102,6 +102,8 @@ def step_run(
     tags = {"step": step, "code_version": code_version()}
     if backbone:
         tags.update(backbone=backbone, mode=mode)
+    if not nested and run_id is None and os.environ.get(PARENT_RUN_ID):  # rank 0 of workers a parent launched
+        tags["mlflow.parentRunId"] = os.environ[PARENT_RUN_ID]
     active = mlflow.start_run(run_id=run_id, run_name=name or run_name(step, backbone, mode), nested=nested, tags=tags)
     start = time.perf_counter()
     try:
@@ -122,6 +124,30 @@ def step_run(
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+# How a process that launches workers (torchrun) learns the run its rank 0 made, and nests it.
+PARENT_RUN_ID, RUN_ID_FILE = "CXR_PARENT_RUN_ID", "CXR_RUN_ID_FILE"
+
+
+def report_run_id(run_id: str) -> None:
+    """Rank 0 tells the process that launched it which run it made."""
+    if os.environ.get(RUN_ID_FILE):
+        Path(os.environ[RUN_ID_FILE]).write_text(run_id)
+
+
+def launched_run(start: Callable[[dict], None], run_id: str | None = None) -> str:
+    """`start(env)` starts worker processes; their rank 0 logs into this store and experiment,
+    its run a child of this process's active run if there is one (else the run `mlflow run`
+    made, or `run_id`). Returns the id of that run."""
+    active = mlflow.active_run()
+    with tempfile.TemporaryDirectory() as folder:
+        id_file = Path(folder) / "run_id"
+        env = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), RUN_ID_FILE: str(id_file)}
+        if active is not None:
+            env.update({PARENT_RUN_ID: active.info.run_id, "MLFLOW_EXPERIMENT_ID": active.info.experiment_id, "MLFLOW_RUN_ID": None})
+        start(env)
+        return run_id or id_file.read_text().strip()
 
 
 def fail_pending_run(message: str, status: str = "FAILED", name: str | None = None) -> None:

@@ -70,6 +70,61 @@ def make_dataset(root: Path, per_class: dict[str, int] | None = None, size: int 
     return root
 
 
+def write_dicom(
+    path: Path, pixels, *, photometric: str = "MONOCHROME2", bits: int = 12, slope: float = 1.0, intercept: float = 0.0,
+    window: tuple[float, float] | None = None, patient: str = "P0", compress: str | None = None,
+) -> Path:
+    """A single-frame DICOM radiograph written with pydicom: `pixels` are the stored values
+    (uint16); optional rescale, window, MONOCHROME1, and RLE compression (pydicom encodes it)."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.Modality = patient, "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    if compress == "rle":
+        ds.compress(RLELossless)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_csv_dicom_dataset(root: Path, patients: int = 40, per_patient: int = 2, size: int = 48, seed: int = 0) -> Path:
+    """A label table with DICOM images in sub-folders, as a hospital export comes: columns
+    file, label (0/1), patient; no split column. Returns the table's path."""
+    import numpy as np
+
+    from pipeline.data.synthetic import radiograph
+
+    rng = np.random.default_rng(seed)
+    lines = ["file,label,patient"]
+    for p in range(patients):
+        pneumonia = p % 2 == 1
+        for k in range(per_patient):
+            stored = radiograph(rng, size, pneumonia).astype(np.uint16) * 16  # 12-bit values
+            rel = f"dicom/batch{p % 3}/P{p:03d}_{k}.dcm"
+            # Every second image is MONOCHROME1 (bright = low), as many CR systems write them.
+            inverted = k % 2 == 1
+            write_dicom(root / rel, 4095 - stored if inverted else stored, patient=f"P{p:03d}", photometric="MONOCHROME1" if inverted else "MONOCHROME2")
+            lines.append(f"{rel},{int(pneumonia)},P{p:03d}")
+    table = root / "labels.csv"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "tiny")

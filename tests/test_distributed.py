@@ -1,188 +1,92 @@
-"""The lab topology on loopback, without Docker: PostgreSQL, an MLflow server on it, `main` over
-HTTP, and two tune workers on one PostgreSQL study. Then: no password anywhere in the store."""
+"""Training in several processes (torchrun, DistributedDataParallel over gloo on this CPU):
+the same trajectory as one process with the same global batch, one MLflow run, resume."""
 
 from __future__ import annotations
 
-import glob
 import os
-import secrets
-import shutil
+import re
+import signal
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
+import time
 
-import mlflow
-import optuna
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, free_port, make_dataset, wait_for_server
+from pipeline.distributed import World
+from pipeline.tracking import EPOCH_METRICS
 
-import psycopg  # in the test extras: pip install -e ".[test]"
+from conftest import ROOT, make_dataset, mlflow_run, pipeline_cli, runs_of
 
-# PostgreSQL is part of what these tests check, so its absence fails them, saying how to get it;
-# a machine that cannot have it deselects them openly: pytest -m "not postgres".
-pytestmark = pytest.mark.postgres
-
-USER = "cxr"
-
-
-def postgres_bin() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent  # the server's own folder (a PATH entry may be a link to it)
-    versions = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return Path(versions[-1]).parent if versions else None
-
-
-def as_postgres(args: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root; CI runs as root, so its commands run as `postgres`."""
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+# Two processes sum the same numbers in another order: float32 rounding, nothing more.
+TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def postgres():
-    bin_dir = postgres_bin()
-    if bin_dir is None:
-        pytest.fail("PostgreSQL is not installed (Debian: apt-get install postgresql; .ci/run installs it); "
-                    'without it, run pytest -m "not postgres"')
-    root = Path(tempfile.mkdtemp(prefix="cxr-pg-"))
-    root.chmod(0o777)
-    password = "pw-" + secrets.token_hex(12)  # distinctive, so a leak is found by searching for it
-    (root / "pw").write_text(password)
-    (root / "pw").chmod(0o644)
-    port = free_port()
-    data = root / "data"
-    run = lambda args: subprocess.run(as_postgres(args), capture_output=True, text=True, timeout=120)  # noqa: E731
-    init = run([str(bin_dir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={root / 'pw'}", "--auth=scram-sha-256", "-E", "UTF8"])
-    if init.returncode != 0:
-        pytest.fail(f"PostgreSQL could not initialise a cluster: {init.stderr.strip()[-300:]}")
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} -c max_connections=200"
-    start = run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start"])
-    if start.returncode != 0:
-        pytest.fail(f"PostgreSQL could not start: {start.stderr.strip()[-300:]}")
-    try:
-        with psycopg.connect(host="127.0.0.1", port=port, user=USER, password=password, dbname="postgres", autocommit=True) as connection:
-            connection.execute("CREATE DATABASE mlflow")
-            connection.execute("CREATE DATABASE optuna")
-        yield {"port": port, "password": password, "root": root}
-    finally:
-        run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
-        shutil.rmtree(root, ignore_errors=True)
+def data_dir(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("ddp") / "d", {"train": 16, "val": 8, "test": 4}, size=32)
 
 
-@pytest.fixture(scope="module")
-def server(postgres, tmp_path_factory):
-    port = free_port()
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": f"postgresql://{USER}:{postgres['password']}@127.0.0.1:{postgres['port']}/mlflow"}
-    log = open(artifacts / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-         "--serve-artifacts", "--artifacts-destination", str(artifacts / "store")],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_for_server(f"{url}/health", process, 300, artifacts / "server.log")
-    yield url
-    os.killpg(process.pid, 15)
-    process.wait(timeout=60)
+def history(run_id: str, metric: str) -> list[float]:
+    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, metric), key=lambda m: m.step)]
 
 
-@pytest.fixture
-def on_server(server, postgres, tmp_path, monkeypatch):
-    """This process and its subprocesses talk to the server; the password reaches psycopg only
-    through PGPASSWORD, never through a URL that could be logged."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    monkeypatch.setenv("PGPASSWORD", postgres["password"])
-    monkeypatch.setenv("CXR_TRANSFER_CACHE", str(tmp_path / "cache"))
-    for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    mlflow.set_tracking_uri(server)
-    yield f"postgresql://{USER}@127.0.0.1:{postgres['port']}/optuna"
-    mlflow.set_tracking_uri(None)
+def settings(data_dir, **extra) -> dict[str, str]:
+    return {"data_dir": str(data_dir), "image_size": "32", "backbone": "resnet18", "weights": "none", "epochs": "4",
+            "batch_size": "8", "patience": "0", "device": "cpu", **extra}
 
 
-def cli(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+def test_two_gloo_processes_follow_the_one_process_trajectory_into_one_run(store, data_dir):
+    # Frozen: the head is all that trains, so the only difference between the worlds is where
+    # the global batch's gradient is summed. Class weights on: the weighted mean must survive sharding.
+    one = pipeline_cli("train", settings(data_dir, frozen="true"))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = mlflow_run("train", settings(data_dir, frozen="true", nproc="2"))
+    assert two.returncode == 0, two.stderr[-3000:]
+    runs = sorted(runs_of("train"), key=lambda r: r.info.start_time)
+    assert len(runs) == 2  # rank 1 made no run of its own
+    single, double = runs
+    assert double.data.params["nproc"] == "2" and double.data.params["world_size"] == "2"
+    assert single.data.params["world_size"] == "1" and double.info.status == "FINISHED"
+    for metric in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert history(double.info.run_id, metric) == pytest.approx(history(single.info.run_id, metric), rel=TOLERANCE), metric
+    assert double.data.tags["model_uri"]
 
 
-def all_runs():
-    return mlflow.search_runs(search_all_experiments=True, output_format="list")
+def test_fine_tuning_in_two_processes_resumes_after_a_kill(store, data_dir):
+    args = [sys.executable, "-m", "pipeline", "train"] + [t for k, v in settings(data_dir, frozen="false", nproc="2", epochs="12", batch_size="4").items() for t in (f"--{k}", v)]
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        running = runs_of("train")
+        if running and "checkpoints/last.pt" in {a.path for a in MlflowClient().list_artifacts(running[0].info.run_id, "checkpoints")}:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("no checkpoint was stored:\n" + (process.kill() or process.communicate()[0][-3000:]))
+    for pid in [process.pid] + descendants(process.pid):  # the launcher, torchrun and both workers
+        os.kill(pid, signal.SIGKILL)
+    process.wait()
+    (killed,) = runs_of("train")
+    assert killed.info.status == "RUNNING"
+    result = mlflow_run("train", {"resume": killed.info.run_id})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(f"resuming run {killed.info.run_id} after epoch \\d", result.stdout)
+    resumed = MlflowClient().get_run(killed.info.run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["epochs_run"] == "12"
+    for metric in EPOCH_METRICS:
+        assert [m.step for m in sorted(MlflowClient().get_metric_history(killed.info.run_id, metric), key=lambda m: m.step)] == list(range(1, 13))
 
 
-def test_main_against_the_server_and_two_tune_workers_on_one_postgres_study(on_server, tmp_path, postgres):
-    storage = on_server
-    data = make_dataset(tmp_path / "d", {"train": 10, "val": 6, "test": 4}, size=32)
-    common = {"data_dir": str(data), "image_size": "32", "weights": "none", "backbone": "resnet18", "epochs": "2", "batch_size": "8", "storage": storage}
-
-    main = cli([sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", "main",
-                *[a for k, v in {**common, "tune_trials": "2"}.items() for a in ("-P", f"{k}={v}")]])
-    output = main.communicate(timeout=900)[0]
-    assert main.returncode == 0, output[-3000:]
-    (parent,) = [r for r in all_runs() if r.data.tags.get("step") == "main"]
-    assert parent.info.status == "FINISHED"
-    kids = [r for r in all_runs() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["step"] for r in kids) == ["evaluate", "prepare", "train", "tune"]
-    train = next(r for r in kids if r.data.tags["step"] == "train")
-    assert mlflow.pytorch.load_model(train.data.tags["model_uri"]) is not None  # artifacts proxied by the server
-
-    worker_args = [sys.executable, "-m", "pipeline", "tune", *[a for k, v in common.items() for a in (f"--{k}", v)],
-                   "--study_name", "lab-study", "--n_trials", "3"]
-    workers = [cli(worker_args) for _ in range(2)]
-    outputs = [w.communicate(timeout=900)[0] for w in workers]
-    assert all(w.returncode == 0 for w in workers), [o[-2000:] for o in outputs]
-    study = optuna.load_study(study_name="lab-study", storage=storage)
-    finished = [t for t in study.trials if t.state.is_finished()]
-    assert len(finished) == 6 and sorted(t.number for t in finished) == list(range(6))
-    tune_runs = [r for r in all_runs() if r.data.tags.get("study_name") == "lab-study" and "trial" not in r.data.tags]
-    assert len(tune_runs) == 2 and len({r.data.tags["worker"] for r in tune_runs}) == 2
-    trials = [r for r in all_runs() if r.data.tags.get("mlflow.parentRunId") in {t.info.run_id for t in tune_runs}]
-    assert sorted(int(r.data.tags["trial"]) for r in trials) == list(range(6))  # none lost, none twice
-    assert all(len([t for t in trials if t.data.tags["mlflow.parentRunId"] == r.info.run_id]) == 3 for r in tune_runs)
-    last = max(tune_runs, key=lambda r: r.info.end_time)
-    assert last.data.metrics["best_lr"] == pytest.approx(study.best_params["lr"])
-
-    # No password in any parameter, tag or artifact of any run.
-    password = postgres["password"]
-    client = MlflowClient()
-    for run in all_runs():
-        assert password not in repr(run.data.params) and password not in repr(run.data.tags), run.info.run_name
-        local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path / "artifacts" / run.info.run_id)))
-        for file in (p for p in local.rglob("*") if p.is_file()):
-            assert password.encode() not in file.read_bytes(), file
-    for model in client.search_logged_models(experiment_ids=[parent.info.experiment_id]):
-        assert password not in repr(model.params) and password not in repr(model.tags)
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (torchrun starts its workers in sessions of their own)."""
+    children = [int(p) for p in subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()]
+    return children + [d for c in children for d in descendants(c)]
 
 
-def test_a_password_in_the_storage_url_is_refused(on_server, postgres):
-    leaky = on_server.replace(f"{USER}@", f"{USER}:{postgres['password']}@")
-    result = subprocess.run([sys.executable, "-m", "pipeline", "tune", "--storage", leaky], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "must not contain a password" in result.stderr
-    assert postgres["password"] not in result.stderr
-    assert not [r for r in all_runs() if postgres["password"] in repr(r.data.params)]
-
-
-def test_a_password_given_as_a_parameter_leaves_no_trace_in_a_postgresql_store(postgres, tmp_path, monkeypatch):
-    """The store itself on PostgreSQL (no server between): the parameter `mlflow run` recorded is
-    masked in place; pg_dump of the whole database holds no trace of the password."""
-    with psycopg.connect(host="127.0.0.1", port=postgres["port"], user=USER, password=postgres["password"], dbname="postgres", autocommit=True) as c:
-        c.execute("CREATE DATABASE direct_store")
-    store = f"postgresql://{USER}:{postgres['password']}@127.0.0.1:{postgres['port']}/direct_store"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    monkeypatch.setenv("CXR_TRANSFER_CACHE", str(tmp_path / "cache"))
-    for var in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    leaked = "leak-" + secrets.token_hex(8)
-    result = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", "tune",
-         "-P", f"storage=postgresql://{USER}:{leaked}@127.0.0.1:{postgres['port']}/optuna"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode != 0 and "storage must not contain a password" in result.stderr
-    dump = subprocess.run([str(postgres_bin() / "pg_dump"), "-h", "127.0.0.1", "-p", str(postgres["port"]), "-U", USER, "direct_store"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PGPASSWORD": postgres["password"]})
-    assert dump.returncode == 0, dump.stderr
-    assert "efficientnet_b0-frozen-tune" in dump.stdout and "***" in dump.stdout  # the run is there, its parameter masked
-    assert leaked not in dump.stdout
+def test_a_world_of_one_is_the_plain_process():
+    world = World()
+    assert not world.distributed and world.sum([1.0, 2.0]) == [1.0, 2.0]
+    assert torch.equal(world.shard(torch.arange(5)), torch.arange(5))
+    assert World(1, 2).shard(torch.arange(5)).tolist() == [1, 3]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pipeline import engine
+from pipeline.distributed import World
 from pipeline.config import DataConfig, FitConfig, ModelConfig
 from pipeline.engine import (
     FeatureCache,
@@ -45,14 +46,18 @@ def test_a_training_epoch_never_ends_on_a_batch_of_one():
     parts = engine.batches(17, 8, torch.Generator().manual_seed(0))
     assert [len(p) for p in parts] == [8, 9] and sorted(torch.cat(parts).tolist()) == list(range(17))
     assert [len(p) for p in engine.batches(17, 8)] == [8, 8, 1]  # evaluation keeps every batch as it is
+    # Two processes: each needs two items of every batch, so a last batch of three joins the one before.
+    assert [len(p) for p in engine.batches(19, 8, torch.Generator().manual_seed(0), World(0, 2))] == [8, 11]
 
 
-def test_augmentation_keeps_shape_and_range_and_follows_the_generator():
+def test_augmentation_keeps_shape_and_range_and_follows_the_draws():
     x = torch.rand(4, 1, 32, 32)
-    a = augment(x, torch.Generator().manual_seed(1))
-    b = augment(x, torch.Generator().manual_seed(1))
+    draws = torch.rand(4, 6, generator=torch.Generator().manual_seed(1))
+    a, b = augment(x, draws), augment(x, draws.clone())
     assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, b) and not torch.equal(a, x)
+    # An image's augmentation is its own row of the draws: a shard of the batch gets the same pictures.
+    assert torch.allclose(augment(x[1::2], draws[1::2]), a[1::2], atol=1e-6)
 
 
 def test_class_weights_are_inverse_frequency():

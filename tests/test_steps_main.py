@@ -7,7 +7,7 @@ from pipeline.config import DataConfig, FitConfig, MainConfig, ModelConfig
 from pipeline.steps import main
 from pipeline.tracking import EPOCH_METRICS
 
-from conftest import make_dataset, mlflow_run, runs_of
+from conftest import make_csv_dicom_dataset, make_dataset, mlflow_run, runs_of
 
 EVALUATE_METRICS = ("train_acc", "val_acc", "test_acc", "test_loss", "test_auc", "test_f1", "test_precision", "test_sensitivity", "test_specificity")
 
@@ -76,3 +76,33 @@ def test_no_tuning_when_tune_trials_is_0(store, main_params):
     outcome = main.run(data, ModelConfig("resnet18", True, "none"), FitConfig(epochs=1, batch_size=8), MainConfig(tune_trials=0))
     steps = {r.data.tags["step"]: r for r in children(outcome.run_id)}
     assert "tune" not in steps and steps["train"].data.params["lr"] == "0.001"  # the frozen default
+
+
+def test_main_runs_end_to_end_on_a_label_table_of_dicom_files_with_patient_safe_splits(store, tmp_path):
+    from collections import defaultdict
+
+    from pipeline.data.checks import read_manifest
+
+    table = make_csv_dicom_dataset(tmp_path / "export", patients=40, per_patient=3, size=32)
+    (tmp_path / "export" / "labels.csv").write_text(
+        (tmp_path / "export" / "labels.csv").read_text() + "dicom/missing.dcm,1,P999\ndicom/batch0/P000_0.dcm,maybe,P000\n"
+    )
+    result = mlflow_run("main", {
+        "data_dir": str(table), "image_size": "32", "weights": "none", "backbone": "resnet18", "epochs": "2", "tune_trials": "0", "batch_size": "16",
+    })
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,) = runs_of("main")
+    kids = {r.data.tags["step"]: r for r in children(parent.info.run_id)}
+    assert set(kids) == {"prepare", "train", "evaluate"} and all(r.info.status == "FINISHED" for r in kids.values())
+    assert kids["prepare"].data.params["data_dir"] == str(table)
+    client = MlflowClient()
+    manifest = read_manifest(client.download_artifacts(kids["prepare"].info.run_id, "data/manifest.csv", str(tmp_path)))
+    sides = defaultdict(set)
+    for row in manifest:
+        sides[row.patient].add(row.split)
+    assert len(sides) == 40 and all(len(s) == 1 for s in sides.values())  # no patient in two splits
+    assert {row.split for row in manifest} == {"train", "val", "test"}
+    report = open(client.download_artifacts(kids["prepare"].info.run_id, "data/data_report.md", str(tmp_path))).read()
+    assert "dicom/missing.dcm" in report and "not found" in report  # listed, not fatal
+    assert "unknown label 'maybe'" in report
+    assert "test_acc" in kids["evaluate"].data.metrics

@@ -11,9 +11,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, column_map
 from pipeline.data.cache import PreparedData, build_entry, cache_root, content_hashes, decode_images, entry_folder, load_entry
 from pipeline.data.checks import check_every_class_present, data_report
+from pipeline.data.csv_source import CsvSettings, list_csv
 from pipeline.data.sources import Listing, SourceImage, list_source
 from pipeline.data.synthetic import demo_dataset
 from pipeline.data.validation import ValidationPlan, choose_validation, split_by_patient
@@ -62,15 +63,27 @@ def locate_dataset(config: DataConfig) -> Located:
         location, kind, name = demo_dataset(root, config.seed), "demo", "demo"
     else:
         location, kind = Path(data_dir), None
-        name = location.stem if location.suffix.lower() == ".npz" else location.resolve().name
-    listing = list_source(str(location))
+        # a table is named with its folder: NIH's and RSNA's tables alone say little
+        suffix = location.suffix.lower()
+        name = location.stem if suffix == ".npz" else f"{location.resolve().parent.name}-{location.stem}" if suffix == ".csv" else location.resolve().name
+    if location.suffix.lower() == ".csv" and location.is_file():
+        listing = list_csv(location, CsvSettings(column_map(config.csv_columns), config.positive_labels, config.test_list))
+    else:
+        listing = list_source(str(location))
     kind = kind or listing.kind
     plan = choose_validation(listing.images, listing.classes, config.val_source)
     # The cache entry is found before anything is decoded, by the source and all that decides
     # the split; the data digest (the split as made) is computed once, when the entry is built.
     split_settings = f"{plan.source}|{config.val_fraction}|{config.seed}|{config.patient_pattern}" if plan.source == "split" else "folder"
+    if cut_test(listing):
+        split_settings += f"|test {config.test_fraction}"
     folder = entry_folder(root, dataset_digest(listing.classes, listing.images, split_settings), config.image_size)
     return Located(listing, kind, name, plan, folder)
+
+
+def cut_test(listing: Listing) -> bool:
+    """A table with no split column and no test list: test is held out by patient here."""
+    return not any(i.split == "test" for i in listing.images)
 
 
 def prepare_dataset(config: DataConfig, located: Located | None = None) -> Preparation:
@@ -82,10 +95,13 @@ def prepare_dataset(config: DataConfig, located: Located | None = None) -> Prepa
     if data is None:
         decoded = decode_images(listing.images, config.image_size)
         images, how = listing.images, None
+        hashes = content_hashes(decoded)
+        if cut_test(listing):
+            images, how_test = split_by_patient(images, hashes, listing.classes, config.test_fraction, config.seed, config.patient_pattern, "test")
         if plan.source == "split":
-            images, how = split_by_patient(
-                images, content_hashes(decoded), listing.classes, config.val_fraction, config.seed, config.patient_pattern
-            )
+            images, how = split_by_patient(images, hashes, listing.classes, config.val_fraction, config.seed, config.patient_pattern)
+        if cut_test(listing):
+            how = f"the source names no test images, so test was cut from it first: {how_test}; then {how or 'validation as given'}"
         data = build_entry(
             folder,
             images,

@@ -24,7 +24,7 @@ from pipeline.data.checks import ManifestRow, read_manifest, write_manifest
 from pipeline.data.sources import SourceImage, UnreadableImage, decode, pixel_hash
 
 # Bump when decoding, resizing or what an entry holds changes, so older entries are not reused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def cache_root(setting: str = "") -> Path:
@@ -152,7 +152,7 @@ def build_entry(
             pixels, width, height, mode, content_hash = ok
             arrays.append(pixels)
             labels.append(classes.index(image.label))
-            rows.append(ManifestRow(image.relpath, split, image.label, width, height, mode, content_hash))
+            rows.append(ManifestRow(image.relpath, split, image.label, width, height, mode, content_hash, image.patient))
         stacked = np.stack(arrays) if arrays else np.zeros((0, image_size, image_size), np.uint8)
         np.save(tmp / f"{split}_images.npy", stacked)
         np.save(tmp / f"{split}_labels.npy", np.asarray(labels, dtype=np.int64))

@@ -29,6 +29,7 @@ class ManifestRow:
     height: int
     mode: str
     content_hash: str  # of the decoded grey pixels and their shape
+    patient: str = ""  # as the source gave it (a CSV's patient column); else patient_pattern finds it
 
 
 MANIFEST_COLUMNS = [f.name for f in fields(ManifestRow)]
@@ -44,7 +45,7 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> None:
 def read_manifest(path: Path) -> list[ManifestRow]:
     with open(path, newline="") as f:
         return [
-            ManifestRow(r["path"], r["split"], r["label"], int(r["width"]), int(r["height"]), r["mode"], r["content_hash"])
+            ManifestRow(r["path"], r["split"], r["label"], int(r["width"]), int(r["height"]), r["mode"], r["content_hash"], r.get("patient", ""))
             for r in csv.DictReader(f)
         ]
 
@@ -106,12 +107,17 @@ def patient_id(path: str, pattern: re.Pattern) -> str | None:
     return match.group("patient") if "patient" in pattern.groupindex else match.group(0)
 
 
+def patient_of(path: str, given: str, compiled: re.Pattern | None) -> str | None:
+    """An image's patient: as the source gave it, else found in its file name by the pattern."""
+    return given or (patient_id(path, compiled) if compiled is not None else None)
+
+
 def patients_by_split(rows: list[ManifestRow], pattern: str) -> dict[str, dict[str, list[str]]]:
     """split -> patient id -> files."""
-    compiled = re.compile(pattern)
+    compiled = re.compile(pattern) if pattern else None
     result: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        pid = patient_id(r.path, compiled)
+        pid = patient_of(r.path, r.patient, compiled)
         if pid is not None:
             result[r.split][pid].append(r.path)
     return result
@@ -121,17 +127,17 @@ def seen_in_train(rows: list[ManifestRow], split: str, pattern: str) -> np.ndarr
     """For each image of `split` (manifest order): does train hold its patient or its exact pixels?
     Such an image tests memory of a child or a picture, not diagnosis."""
     compiled = re.compile(pattern) if pattern else None
-    train_patients = {patient_id(r.path, compiled) for r in rows if r.split == "train"} - {None} if compiled else set()
+    train_patients = {patient_of(r.path, r.patient, compiled) for r in rows if r.split == "train"} - {None}
     train_pixels = {r.content_hash for r in rows if r.split == "train"}
     return np.array(
-        [r.content_hash in train_pixels or (compiled is not None and patient_id(r.path, compiled) in train_patients)
-         for r in rows if r.split == split],
+        [r.content_hash in train_pixels or patient_of(r.path, r.patient, compiled) in train_patients for r in rows if r.split == split],
         dtype=bool,
     )
 
 
 def describe_patients(rows: list[ManifestRow], pattern: str) -> dict:
-    if not pattern:
+    from_source = any(r.patient for r in rows)
+    if not pattern and not from_source:
         return {"pattern": "", "checked": False}
     per_split = patients_by_split(rows, pattern)
     with_id = sum(len(files) for patients in per_split.values() for files in patients.values())
@@ -146,6 +152,7 @@ def describe_patients(rows: list[ManifestRow], pattern: str) -> dict:
         }
     return {
         "pattern": pattern,
+        "key": "the patient column of the source's table" if from_source else f"`{pattern}` on the file name",
         "checked": True,
         "images_with_id": with_id,
         "images_without_id": len(rows) - with_id,
@@ -238,10 +245,10 @@ def render_report(report: dict, max_listed: int = 50) -> str:
     patients = report["patients"]
     lines += ["", "## Patients", ""]
     if not patients["checked"]:
-        lines.append("Not checked (patient_pattern is empty).")
+        lines.append("Not checked (patient_pattern is empty and the source gives no patient ids).")
     else:
         lines += [
-            f"Key: `{patients['pattern']}` on the file name; {patients['images_with_id']} images carry a patient id, "
+            f"Key: {patients['key']}; {patients['images_with_id']} images carry a patient id, "
             f"{patients['images_without_id']} do not.",
             "",
             "| splits | shared patients | their images |",

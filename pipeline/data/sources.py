@@ -18,16 +18,14 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.config import UserError
+from pipeline.data.dicom import is_dicom, read_dicom
+from pipeline.data.errors import UnreadableImage
 
 SPLITS = ("train", "val", "test")
-IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
 SYSTEM_FILES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 # MedMNIST stores labels as integers; its PneumoniaMNIST defines 0 = normal, 1 = pneumonia.
 NPZ_CLASSES = ("NORMAL", "PNEUMONIA")
-
-
-class UnreadableImage(Exception):
-    """An image file that cannot be decoded; the message is the reason shown in the report."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +37,7 @@ class SourceImage:
     label: str
     path: Path | None = None
     array: np.ndarray | None = field(default=None, repr=False, compare=False)
+    patient: str = ""  # given by the source (a CSV's patient column); else found by patient_pattern
 
     def fingerprint(self) -> str:
         """Hash of the stored bytes: cheap, and enough to tell whether the data changed."""
@@ -86,9 +85,11 @@ def to_grey(img: Image.Image) -> tuple[np.ndarray, str]:
 
 
 def read_image(data: bytes) -> tuple[np.ndarray, str]:
-    """Decode an encoded image to grey; `UnreadableImage` says why when it cannot."""
+    """Decode an encoded image (or a DICOM file) to grey; `UnreadableImage` says why when it cannot."""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
+    if is_dicom(data):
+        return read_dicom(data)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -138,7 +139,7 @@ def list_source(data_dir: str) -> Listing:
         )
     if path.is_file():
         if path.suffix.lower() != ".npz":
-            raise UserError(f"data_dir {data_dir!r} is a file but not a .npz; give a folder or a MedMNIST .npz file")
+            raise UserError(f"data_dir {data_dir!r} is a file but not a .npz or .csv; give a folder, a MedMNIST .npz file or a label table (.csv)")
         return list_npz(path)
     return list_folder(path)
 

@@ -20,7 +20,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.config import UserError
-from pipeline.data.checks import patient_id
+from pipeline.data.checks import patient_of
 from pipeline.data.sources import SourceImage
 
 # Fewer validation images of a class than this cannot choose an epoch, a learning rate or a
@@ -68,7 +68,7 @@ def leakage_groups(images: list[SourceImage], content_hashes: list[str | None], 
     keys: dict[str, int] = {}
     rows, cols = [], []
     for k, (image, content) in enumerate(zip(images, content_hashes)):
-        patient = patient_id(image.relpath, compiled) if compiled else None
+        patient = patient_of(image.relpath, image.patient, compiled)
         for key in (f"patient:{patient}" if patient else None, f"pixels:{content}" if content else None):
             if key is not None:
                 rows.append(k)
@@ -81,36 +81,40 @@ def leakage_groups(images: list[SourceImage], content_hashes: list[str | None], 
 
 
 def split_by_patient(
-    images: list[SourceImage], content_hashes: list[str | None], classes: list[str], val_fraction: float, seed: int, pattern: str
+    images: list[SourceImage], content_hashes: list[str | None], classes: list[str], fraction: float, seed: int, pattern: str,
+    held_out: str = "val",
 ) -> tuple[list[SourceImage], str]:
-    """train/ (with any val/ images folded in) split into train and val by group, stratified by
-    class and seeded; returns the images with their new splits and a sentence saying how."""
-    pool = [k for k, i in enumerate(images) if i.split in ("train", "val")]
+    """train/ (with any val/ images folded in) split into train and `held_out` (val, or test for a
+    source without one) by group, stratified by class and seeded; returns the images with their
+    new splits and a sentence saying how."""
+    pool = [k for k, i in enumerate(images) if i.split in (("train", "val") if held_out == "val" else ("train",))]
     groups = leakage_groups([images[k] for k in pool], [content_hashes[k] for k in pool], pattern)
     labels = np.array([classes.index(images[k].label) for k in pool])
-    n_folds = max(2, round(1 / val_fraction))
+    n_folds = max(2, round(1 / fraction))
     n_groups = len(set(groups.tolist()))
+    setting = "val_fraction" if held_out == "val" else "test_fraction"
     if n_groups < n_folds:
         raise UserError(
-            f"train/ holds {n_groups} patients (or duplicate groups): too few to hold out val_fraction={val_fraction:g} "
-            "by patient; add images, raise val_fraction, or provide a val/ folder with val_source=folder"
+            f"train/ holds {n_groups} patients (or duplicate groups): too few to hold out {setting}={fraction:g} "
+            f"by patient; add images, raise {setting}, or provide a {held_out} split"
         )
     folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    _, val_rows = next(folds.split(np.zeros(len(pool)), labels, groups))
-    to_val = {pool[k] for k in val_rows}
+    _, held_rows = next(folds.split(np.zeros(len(pool)), labels, groups))
+    to_held = {pool[k] for k in held_rows}
     in_pool = set(pool)
-    result = [replace(i, split="val" if k in to_val else "train") if k in in_pool else i for k, i in enumerate(images)]
+    result = [replace(i, split=held_out if k in to_held else "train") if k in in_pool else i for k, i in enumerate(images)]
     for label in classes:
-        sides = Counter(i.split for i in result if i.label == label and i.split != "test")
-        if not sides["train"] or not sides["val"]:
+        sides = Counter(result[k].split for k in pool if result[k].label == label)
+        if not sides["train"] or not sides[held_out]:
             raise UserError(
-                f"class {label} has too few patients in train/ to appear in both train and validation "
-                f"({sides['train']} train, {sides['val']} val images); add images or provide a val/ folder with val_source=folder"
+                f"class {label} has too few patients in train/ to appear in both train and {held_out} "
+                f"({sides['train']} train, {sides[held_out]} {held_out} images); add images or provide a {held_out} split"
             )
-    share = len(to_val) / len(pool)
+    share = len(to_held) / len(pool)
+    key = "patient id (the source's patient column)" if any(i.patient for i in images) else "patient id (patient_pattern)" if pattern else ""
     how = (
-        f"grouped by {'patient id (patient_pattern) and exact duplicates' if pattern else 'exact duplicates only (patient_pattern is empty)'}: "
-        f"{n_groups} groups, first of {n_folds} StratifiedGroupKFold folds (val_fraction {val_fraction:g}, seed {seed}), "
-        f"{len(to_val)} of {len(pool)} images ({100 * share:.1f} %) to validation"
+        f"{held_out} grouped by {key + ' and exact duplicates' if key else 'exact duplicates only (patient_pattern is empty)'}: "
+        f"{n_groups} groups, first of {n_folds} StratifiedGroupKFold folds ({setting} {fraction:g}, seed {seed}), "
+        f"{len(to_held)} of {len(pool)} images ({100 * share:.1f} %) to {held_out}"
     )
     return result, how

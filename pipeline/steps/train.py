@@ -20,6 +20,7 @@ frozen mode: `feature_extraction_s` where this run extracted them, else
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ import torch
 from pipeline import plots, serving, tracking
 from pipeline.config import DataConfig, FitConfig, ModelConfig, ResumeConfig, UserError, as_params, from_params
 from pipeline.data import Preparation
-from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, predict_proba, setup_training, train_classifier
+from pipeline.distributed import World, launch, under_torchrun
+from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, pick_device, predict_proba, setup_training, train_classifier
 from pipeline.analysis.gap import calibration
 from pipeline.calibration import TemperatureScaled, apply_temperature, fit_temperature
 from pipeline.metrics import operating_threshold, positive_index
@@ -68,45 +70,105 @@ def run(
     tuned_lr: float | None = None,
     reuse: bool = False,
 ) -> Trained:
+    """Train one configuration in this process, or with `nproc` > 1 in that many processes
+    under torchrun (this process then waits for them, and returns the run rank 0 made)."""
+    if fit.nproc > 1 and not under_torchrun():
+        return _launch(data, model_cfg, fit, prep=prep, tuned_lr=tuned_lr, reuse=reuse)
+    world = World.from_environment(pick_device(fit.device).type)
+    try:
+        setup = setup_training(data, model_cfg, fit, prep, world)
+        lr = resolve_lr(fit, model_cfg.mode, tuned_lr)
+        if not world.main:
+            os.environ.pop("MLFLOW_RUN_ID", None)  # only rank 0 talks to MLflow
+            _fit(setup, lr, checkpoint=None)
+            return Trained("", "", lr, reused=False)
+        params = {**as_params(data, model_cfg, fit), "lr": f"{lr:.6g}"}
+        key = tracking.input_key("train", {**params, **setup.identity()}, setup.prep.data.digest)
+        if reuse and (previous := tracking.find_reusable("train", key)):
+            return Trained(previous.info.run_id, previous.data.tags["model_uri"], lr, reused=True)
+        with tracking.step_run("train", model_cfg.backbone, model_cfg.mode) as active:
+            tracking.report_run_id(active.info.run_id)
+            mlflow.set_tags({"input_key": key, "settings": json.dumps(params)})
+            tracking.log_params({**params, **data_params(setup.prep), "device": setup.device.type, "weights_key": setup.weights.key, "world_size": str(world.size)})
+            tracking.log_dataset(setup.prep.name, setup.prep.data.source, setup.prep.data.digest, setup.prep.data.split_sizes)
+            model_uri = _train_and_log(setup, lr, checkpoint=None)
+        return Trained(active.info.run_id, model_uri, lr, reused=False)
+    finally:
+        world.close()
+
+
+def _launch(data: DataConfig, model_cfg: ModelConfig, fit: FitConfig, *, prep, tuned_lr, reuse) -> Trained:
+    """`nproc` workers under torchrun, each running this step; the run is rank 0's, made a child
+    of this process's active run (main, compare) or the run `mlflow run` made."""
     setup = setup_training(data, model_cfg, fit, prep)
     lr = resolve_lr(fit, model_cfg.mode, tuned_lr)
     params = {**as_params(data, model_cfg, fit), "lr": f"{lr:.6g}"}
     key = tracking.input_key("train", {**params, **setup.identity()}, setup.prep.data.digest)
     if reuse and (previous := tracking.find_reusable("train", key)):
         return Trained(previous.info.run_id, previous.data.tags["model_uri"], lr, reused=True)
-    with tracking.step_run("train", model_cfg.backbone, model_cfg.mode) as active:
-        mlflow.set_tags({"input_key": key, "settings": json.dumps(params)})
-        tracking.log_params({**params, **data_params(setup.prep), "device": setup.device.type, "weights_key": setup.weights.key})
-        tracking.log_dataset(setup.prep.name, setup.prep.data.source, setup.prep.data.digest, setup.prep.data.split_sizes)
-        model_uri = _train_and_log(setup, lr, checkpoint=None)
-    return Trained(active.info.run_id, model_uri, lr, reused=False)
+    argv = ["train"] + [token for name, value in {**as_params(data, model_cfg, fit), "lr": repr(lr)}.items() for token in (f"--{name}", value)]
+    run_id = tracking.launched_run(lambda env: launch(argv, fit.nproc, env))
+    return Trained(run_id, tracking.get_run(run_id).data.tags["model_uri"], lr, reused=False)
 
 
-def resume(run_id: str) -> Trained:
-    """Continue a killed or interrupted train run from its last finished epoch, in that run."""
+def resume(run_id: str, given: tuple[DataConfig, ModelConfig, FitConfig] | None = None) -> Trained:
+    """Continue a killed or interrupted train run from its last finished epoch, in that run;
+    a run of several processes goes on with as many (`given`: the settings its workers got)."""
+    world = World.from_environment(pick_device(given[2].device).type) if under_torchrun() and given else World()
+    try:
+        inputs = None
+        if world.main:
+            try:
+                inputs = _resume_inputs(run_id, world)
+            except UserError:
+                world.from_main(None)  # the other ranks stop quietly; this one says why
+                raise
+            if inputs is None:  # launched: its workers did the work
+                run = tracking.get_run(run_id)
+                return Trained(run_id, run.data.tags["model_uri"], float(run.data.params["lr"]), reused=False)
+        inputs = world.from_main(inputs)
+        if inputs is None:
+            raise SystemExit(2)
+        settings, checkpoint = inputs
+        data, model_cfg, fit = from_params(settings, DataConfig, ModelConfig, FitConfig)
+        lr = float(settings["lr"])
+        setup = setup_training(data, model_cfg, fit, world=world)
+        if not world.main:
+            os.environ.pop("MLFLOW_RUN_ID", None)
+            _fit(setup, lr, checkpoint)
+            return Trained(run_id, "", lr, reused=False)
+        check_unchanged(tracking.get_run(run_id), setup)
+        tracking.retire_pending_run(run_id)
+        print(f"resuming run {run_id} after epoch {checkpoint['state']['epoch']}")
+        with tracking.step_run("train", model_cfg.backbone, model_cfg.mode, run_id=run_id):
+            mlflow.set_tag("resumed", "true")
+            model_uri = _train_and_log(setup, lr, checkpoint)
+        return Trained(run_id, model_uri, lr, reused=False)
+    finally:
+        world.close()
+
+
+def _resume_inputs(run_id: str, world: World) -> tuple[dict, dict] | None:
+    """The run's settings and last checkpoint, checked; None where this process launched the
+    run's `nproc` workers instead (they resume it)."""
     previous = tracking.get_run(run_id)
     if previous.data.tags.get("step") != "train":
         raise UserError(f"run {run_id} is not a train run; resume takes the id of a train run")
     if previous.info.status == "FINISHED":
         raise UserError(f"run {run_id} already finished; nothing to resume")
     settings = json.loads(previous.data.tags["settings"])
-    data, model_cfg, fit = from_params(settings, DataConfig, ModelConfig, FitConfig)
     if not tracking.has_artifact(run_id, "checkpoints/last.pt"):
         raise UserError(f"run {run_id} has no checkpoints/last.pt: it stopped before the first epoch's checkpoint was stored; start it again")
+    nproc = from_params(settings, FitConfig)[0].nproc
+    if nproc > 1 and not world.distributed:
+        argv = ["train"] + [token for name, value in settings.items() for token in (f"--{name}", value)] + ["--resume", run_id]
+        tracking.launched_run(lambda env: launch(argv, nproc, env), run_id=run_id)
+        return None
     try:
         checkpoint_file = tracking.download(run_id, "checkpoints/last.pt")
     except Exception as e:  # it is there (listed above): the store or the network failed, say so
         raise UserError(f"cannot download checkpoints/last.pt of run {run_id}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
-    setup = setup_training(data, model_cfg, fit)
-    check_unchanged(previous, setup)
-    tracking.retire_pending_run(run_id)
-    lr = float(settings["lr"])
-    print(f"resuming run {run_id} after epoch {checkpoint['state']['epoch']}")
-    with tracking.step_run("train", model_cfg.backbone, model_cfg.mode, run_id=run_id):
-        mlflow.set_tag("resumed", "true")
-        model_uri = _train_and_log(setup, lr, checkpoint)
-    return Trained(run_id, model_uri, lr, reused=False)
+    return settings, torch.load(checkpoint_file, map_location="cpu", weights_only=True)
 
 
 def check_unchanged(previous, setup: TrainingSetup) -> None:
@@ -125,21 +187,21 @@ def check_unchanged(previous, setup: TrainingSetup) -> None:
         )
 
 
-def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> str:
-    fit = setup.fit
+def _fit(setup: TrainingSetup, lr: float, checkpoint: dict | None, on_epoch=None, measured_in: dict | None = None):
+    """The model trained (every rank of a world calls this alike); the features and their time."""
     model = setup.new_model()
     start = time.perf_counter()
-    features = setup.features(model, measured_in={"run_id": mlflow.active_run().info.run_id, "device": setup.device.type})
-    # Only what this run spent counts as its time; features extracted by an earlier run are
-    # loaded (that load is timed), and what their extraction cost is logged apart, with where.
+    features = setup.features(model, measured_in=measured_in)
     features_s = time.perf_counter() - start
-    if features:
-        mlflow.set_tag("features_cached", str(features.cached).lower())
-        if features.extraction_s:
-            mlflow.log_metric("feature_extraction_s", features.extraction_s)
-        if features.cached_from:
-            mlflow.log_metric("cached_features_cost_s", features.cached_extraction_s)
-            mlflow.set_tag("cached_features_measured_in", json.dumps(features.cached_from))
+    state = train_classifier(
+        model, setup.prep.data, setup.fit, lr, setup.device, setup.seed,
+        features=features.splits if features else None, on_epoch=on_epoch, checkpoint=checkpoint, world=setup.world,
+    )
+    return model, state, features, features_s
+
+
+def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> str:
+    fit = setup.fit
     checkpoint_dir = Path(tempfile.mkdtemp())
     with tracking.EpochRecorder(checkpoint_dir) as recorder:
 
@@ -147,10 +209,17 @@ def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> 
             recorder(stats, state, make_checkpoint)
             print(epoch_line(stats, fit.epochs), flush=True)
 
-        state = train_classifier(
-            model, setup.prep.data, fit, lr, setup.device, setup.seed,
-            features=features.splits if features else None, on_epoch=on_epoch, checkpoint=checkpoint,
-        )
+        measured_in = {"run_id": mlflow.active_run().info.run_id, "device": setup.device.type}
+        model, state, features, features_s = _fit(setup, lr, checkpoint, on_epoch, measured_in)
+        # Only what this run spent counts as its time; features extracted by an earlier run are
+        # loaded (that load is timed), and what their extraction cost is logged apart, with where.
+        if features:
+            mlflow.set_tag("features_cached", str(features.cached).lower())
+            if features.extraction_s:
+                mlflow.log_metric("feature_extraction_s", features.extraction_s)
+            if features.cached_from:
+                mlflow.log_metric("cached_features_cost_s", features.cached_extraction_s)
+                mlflow.set_tag("cached_features_measured_in", json.dumps(features.cached_from))
         # The recorder's last write goes on beside the summary, the plot and the model export.
         return _log_outcome(setup, model, state, features_s, checkpoint_dir, features)
 
@@ -226,6 +295,6 @@ def operating_point(setup: TrainingSetup, probs: np.ndarray) -> serving.Operatin
 
 def main(data: DataConfig, model_cfg: ModelConfig, fit: FitConfig, resume_cfg: ResumeConfig) -> None:
     if resume_cfg.resume:
-        resume(resume_cfg.resume)
+        resume(resume_cfg.resume, (data, model_cfg, fit))
     else:
         run(data, model_cfg, fit)
