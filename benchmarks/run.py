@@ -41,7 +41,7 @@ from pipeline import serving, tracking
 from pipeline.config import DataConfig, FitConfig, ModelConfig, TuneConfig
 from pipeline.data import prepare_dataset
 from pipeline.data.cache import cache_root
-from pipeline.engine import FeatureCache, as_tensor, pick_device, run_epoch, setup_training, train_classifier
+from pipeline.engine import FeatureCache, extract_features, pick_device, run_epoch, setup_training, source_of, to_model_input, train_classifier
 from pipeline.models import parameter_groups
 from pipeline.steps import train, tune
 
@@ -106,15 +106,15 @@ def frozen_against_tutorial(bench: Bench, source: str) -> dict:
             "tutorial_val_acc": tutorial["val_acc"], "speedup": tutorial["seconds"] / seconds}
 
 
-def finetune_against_ceiling(bench: Bench) -> dict:
-    data, model_cfg, fit = configs(bench, bench.finetune_backbone, False)
+def finetune_against_ceiling(bench: Bench, backbone: str, images_used: int | None) -> dict:
+    data, model_cfg, fit = configs(bench, backbone, False)
     setup = setup_training(data, model_cfg, fit)
     device = setup.device
     images = setup.prep.data.images("train")
     labels = torch.from_numpy(setup.prep.data.labels("train"))
-    n = bench.finetune_images or len(images)
+    n = images_used or len(images)
     n -= n % bench.batch_size
-    inputs = as_tensor(images[:n], device)
+    inputs = source_of(images[:n], device)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def pipeline_epoch():
@@ -124,10 +124,10 @@ def finetune_against_ceiling(bench: Bench) -> dict:
         optimizer = torch.optim.AdamW(parameter_groups(model, 1e-4, fit.backbone_lr_scale), weight_decay=fit.weight_decay)
         generator = torch.Generator().manual_seed(0)
         warm = bench.batch_size * 2
-        run_epoch(model, inputs[:warm], labels[:warm], loss_fn, device, bench.batch_size, optimizer, generator, images=True, augment_images=True)
+        run_epoch(model, inputs, labels[:warm], None, device, bench.batch_size, optimizer, generator, images=True, augment_images=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds, _ = timed(lambda: run_epoch(model, inputs, labels[:n], loss_fn, device, bench.batch_size, optimizer, generator,
+        seconds, _ = timed(lambda: run_epoch(model, inputs, labels[:n], None, device, bench.batch_size, optimizer, generator,
                                              images=True, augment_images=fit.augment))
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -163,6 +163,61 @@ def finetune_against_ceiling(bench: Bench) -> dict:
 
     pipeline_s, ceiling_s = pipeline_epoch(), ceiling()
     return {"images": n, "pipeline_img_s": n / pipeline_s, "ceiling_img_s": n / ceiling_s, "ratio": ceiling_s / pipeline_s}
+
+
+def extraction_against_forward(bench: Bench, backbone: str, images_used: int) -> dict:
+    """Frozen mode's feature extraction (batches from the decoded cache) against the same
+    backbone's forward on a random batch already on the device, same batch size."""
+    data, model_cfg, fit = configs(bench, backbone, True)
+    setup = setup_training(data, model_cfg, fit)
+    device, model = setup.device, setup.new_model()
+    model.to(device.torch_device)
+    if device.channels_last:
+        model.to(memory_format=torch.channels_last)
+    n = images_used - images_used % bench.batch_size
+    images = setup.prep.data.images("train")[:n]
+    extract_features(model, images[: bench.batch_size], bench.batch_size, device)  # warm-up
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    pipeline_s, _ = timed(lambda: (extract_features(model, images, bench.batch_size, device), sync()))
+    x = to_model_input(torch.from_numpy(images[: bench.batch_size].copy()), device)
+
+    def forward():
+        with torch.inference_mode(), device.autocast():
+            for _ in range(n // bench.batch_size):
+                model.features(x)
+        sync()
+
+    ceiling_s, _ = timed(forward)
+    return {"images": n, "pipeline_img_s": n / pipeline_s, "ceiling_img_s": n / ceiling_s, "ratio": ceiling_s / pipeline_s}
+
+
+def compile_against_eager(bench: Bench, backbone: str, batches: int) -> dict:
+    """torch.compile of the backbone's forward: its one-time compile, and images per second
+    after it, against eager; the break-even is the images after which compiling has paid."""
+    data, model_cfg, fit = configs(bench, backbone, True)
+    setup = setup_training(data, model_cfg, fit)
+    device, model = setup.device, setup.new_model().eval()
+    model.to(device.torch_device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    x = torch.rand(bench.batch_size, 1, bench.image_size, bench.image_size, device=device.torch_device)
+
+    def rate(forward) -> float:
+        forward(x)
+        sync()
+        start = time.perf_counter()
+        for _ in range(batches):
+            forward(x)
+        sync()
+        return batches * bench.batch_size / (time.perf_counter() - start)
+
+    with torch.inference_mode(), device.autocast():
+        eager = rate(model.features)
+        compiled = torch.compile(model.features)
+        compile_s, _ = timed(lambda: (compiled(x), sync()))
+        fast = rate(compiled)
+    saved_per_image = 1 / eager - 1 / fast
+    return {"eager_img_s": eager, "compiled_img_s": fast, "compile_s": compile_s,
+            "break_even_images": compile_s / saved_per_image if saved_per_image > 0 else float("inf")}
 
 
 def tuning_against_training(bench: Bench, store: Path) -> dict:
@@ -284,7 +339,13 @@ def main() -> None:
     print("1/4 frozen: pipeline vs tutorial loop ...", flush=True)
     results["frozen"] = frozen_against_tutorial(bench, source)
     print("2/4 fine-tune: pipeline vs ceiling ...", flush=True)
-    results["finetune"] = finetune_against_ceiling(bench)
+    results["finetune"] = finetune_against_ceiling(bench, bench.finetune_backbone, bench.finetune_images)
+    # Full size: few images, so the rows fit in minutes on 2 cores; every image with --full.
+    full = replace(bench, image_size=224)
+    print("    224 px: extraction vs forward, fine-tune vs ceiling, torch.compile ...", flush=True)
+    results["extract224"] = extraction_against_forward(full, bench.frozen_backbone, 10_000 if args.full else 96)
+    results["finetune224"] = finetune_against_ceiling(full, bench.frozen_backbone, None if args.full else 64)
+    results["compile224"] = compile_against_eager(full, bench.frozen_backbone, 20 if args.full else 3)
     print("3/4 tuning ...", flush=True)
     results["tuning"] = tuning_against_training(bench, work)
     print("4/4 tracking overhead ...", flush=True)
@@ -304,6 +365,7 @@ def main() -> None:
 
 def render(r: dict, bench: Bench, prep, prep_s: float, command: str) -> str:
     f, ft, t, of, oz = r["frozen"], r["finetune"], r["tuning"], r["overhead_finetune"], r["overhead_frozen"]
+    x, f2, c = r["extract224"], r["finetune224"], r["compile224"]
     device = setup_device_name(bench)
     rows = [
         ("frozen, {e} epochs ({b}): pipeline (decode into the cache included) vs tutorial loop".format(e=bench.epochs, b=bench.frozen_backbone),
@@ -314,6 +376,14 @@ def render(r: dict, bench: Bench, prep, prep_s: float, command: str) -> str:
          f"{t['ratio_to_one_run']:.2f} ({t['tune_s']:.1f} s vs {t['train_no_export_s']:.1f} s); {t['ratio_to_n_runs']:.3f} of {bench.trials} runs",
          "<= 2", verdict(t["ratio_to_one_run"] <= 2)),
         *(overhead_row(kind, o, bench) for kind, o in (("fine-tune", of), ("frozen", oz))),
+        (f"224 px, frozen feature extraction ({bench.frozen_backbone}, {x['images']} images, batch {bench.batch_size}): pipeline / forward ceiling images per second",
+         f"{x['ratio']:.2f} ({x['pipeline_img_s']:.1f} vs {x['ceiling_img_s']:.1f} img/s)", ">= 0.9", verdict(x["ratio"] >= 0.9)),
+        (f"224 px, fine-tune ({bench.frozen_backbone}, {f2['images']} images, batch {bench.batch_size}): pipeline / training ceiling images per second",
+         f"{f2['ratio']:.2f} ({f2['pipeline_img_s']:.1f} vs {f2['ceiling_img_s']:.1f} img/s)", ">= 0.9", verdict(f2["ratio"] >= 0.9)),
+        (f"224 px, torch.compile of the backbone's forward ({bench.frozen_backbone}): compiled / eager images per second, compile time, break-even",
+         f"{c['compiled_img_s'] / c['eager_img_s']:.2f} ({c['compiled_img_s']:.1f} vs {c['eager_img_s']:.1f} img/s); compiling took {c['compile_s']:.0f} s, "
+         f"paid back after {c['break_even_images']:,.0f} images", "pays within one extraction of the train split",
+         verdict(c["break_even_images"] <= prep.data.split_sizes["train"])),
     ]
     lines = [
         f"## {date.today().isoformat()}, {device}",

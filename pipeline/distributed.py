@@ -93,14 +93,14 @@ class World:
         return box[0]
 
     def main_first(self, work: Callable[[], T]) -> T:
-        """Rank 0 does `work` (prepares the data, fetches weights) while the others wait; then
-        they do it too, finding what rank 0 left in the cache."""
+        """The first process of each machine does `work` (prepares the data, fetches weights)
+        while the others wait; then they do it too, finding what it left in that machine's cache."""
         if not self.distributed:
             return work()
-        if not self.main:
+        if self.local_rank != 0:
             dist.barrier()
         result = work()
-        if self.main:
+        if self.local_rank == 0:
             dist.barrier()
         return result
 

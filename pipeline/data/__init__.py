@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import DataConfig, column_map
-from pipeline.data.cache import PreparedData, build_entry, cache_root, content_hashes, decode_images, entry_folder, load_entry
+from pipeline.data.cache import PreparedData, build_entry, cache_root, decode_images, entry_folder, load_entry
 from pipeline.data.checks import check_every_class_present, data_report
 from pipeline.data.csv_source import CsvSettings, list_csv
 from pipeline.data.sources import Listing, SourceImage, list_source
@@ -30,12 +31,18 @@ class Preparation:
     cache_reused: bool
 
 
-def dataset_digest(classes: list[str], images: list[SourceImage], settings: str = "") -> str:
-    """Identity of the data as split: file contents, labels and split assignment, not paths on
-    disk. Before the split is made, `settings` (what decides it) stands in for it."""
+def fingerprints(images: list[SourceImage]) -> list[str]:
+    """Every image's content hash, read by several threads (hashlib lets go of the GIL)."""
+    with ThreadPoolExecutor(min(16, 2 * (os.cpu_count() or 1))) as pool:
+        return list(pool.map(SourceImage.fingerprint, images, chunksize=256))
+
+
+def dataset_digest(classes: list[str], images: list[SourceImage], prints: list[str], settings: str = "") -> str:
+    """Identity of the data as split: file contents (`prints`, one per image), labels and split
+    assignment, not paths on disk. Before the split is made, `settings` (what decides it) stands in."""
     digest = hashlib.sha256("\t".join(classes).encode() + settings.encode())
-    for image in images:
-        digest.update(f"\n{image.split}\t{image.label}\t{image.relpath}\t{image.fingerprint()}".encode())
+    for image, fingerprint in zip(images, prints):
+        digest.update(f"\n{image.split}\t{image.label}\t{image.relpath}\t{fingerprint}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -49,6 +56,7 @@ class Located:
     name: str
     plan: ValidationPlan
     folder: Path
+    prints: list[str]  # the images' content hashes, in listing order
 
     @property
     def key(self) -> str:
@@ -77,8 +85,9 @@ def locate_dataset(config: DataConfig) -> Located:
     split_settings = f"{plan.source}|{config.val_fraction}|{config.seed}|{config.patient_pattern}" if plan.source == "split" else "folder"
     if cut_test(listing):
         split_settings += f"|test {config.test_fraction}"
-    folder = entry_folder(root, dataset_digest(listing.classes, listing.images, split_settings), config.image_size)
-    return Located(listing, kind, name, plan, folder)
+    prints = fingerprints(listing.images)
+    folder = entry_folder(root, dataset_digest(listing.classes, listing.images, prints, split_settings), config.image_size)
+    return Located(listing, kind, name, plan, folder, prints)
 
 
 def cut_test(listing: Listing) -> bool:
@@ -93,26 +102,29 @@ def prepare_dataset(config: DataConfig, located: Located | None = None) -> Prepa
     data = load_entry(folder)
     cache_reused = data is not None
     if data is None:
-        decoded = decode_images(listing.images, config.image_size)
-        images, how = listing.images, None
-        hashes = content_hashes(decoded)
-        if cut_test(listing):
-            images, how_test = split_by_patient(images, hashes, listing.classes, config.test_fraction, config.seed, config.patient_pattern, "test")
-        if plan.source == "split":
-            images, how = split_by_patient(images, hashes, listing.classes, config.val_fraction, config.seed, config.patient_pattern)
-        if cut_test(listing):
-            how = f"the source names no test images, so test was cut from it first: {how_test}; then {how or 'validation as given'}"
-        data = build_entry(
-            folder,
-            images,
-            decoded,
-            digest=dataset_digest(listing.classes, images),
-            classes=listing.classes,
-            image_size=config.image_size,
-            source=listing.location,
-            kind=kind,
-            validation={"source": plan.source, "reason": plan.reason, "how": how},
-        )
+        decoded = decode_images(listing.images, config.image_size, scratch=folder.parent)
+        try:
+            images, how = listing.images, None
+            hashes = decoded.content_hashes()
+            if cut_test(listing):
+                images, how_test = split_by_patient(images, hashes, listing.classes, config.test_fraction, config.seed, config.patient_pattern, "test")
+            if plan.source == "split":
+                images, how = split_by_patient(images, hashes, listing.classes, config.val_fraction, config.seed, config.patient_pattern)
+            if cut_test(listing):
+                how = f"the source names no test images, so test was cut from it first: {how_test}; then {how or 'validation as given'}"
+            data = build_entry(
+                folder,
+                images,
+                decoded,
+                digest=dataset_digest(listing.classes, images, located.prints),
+                classes=listing.classes,
+                image_size=config.image_size,
+                source=listing.location,
+                kind=kind,
+                validation={"source": plan.source, "reason": plan.reason, "how": how},
+            )
+        finally:
+            decoded.discard()
     rows = data.manifest()
     check_every_class_present(rows, data.classes)
     report = data_report(

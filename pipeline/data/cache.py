@@ -15,6 +15,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -95,38 +96,92 @@ def resize_square(grey: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(grey).resize((size, size), Image.Resampling.BILINEAR))
 
 
-def _decode_and_resize(item: tuple[SourceImage, int]):
-    image, size = item
+class DecodedImages:
+    """Every image of a listing decoded and resized once, in listing order: the pixels in one
+    `.npy` scratch file (written in place by the decoding processes, never all in memory), and
+    per image its (width, height, mode, content hash), or None with the reason it is unreadable."""
+
+    def __init__(self, path: Path, image_size: int, meta: list[tuple[tuple | None, str | None]]):
+        self.path, self.image_size, self.meta = path, image_size, meta
+        self.offset = _header_length(path)
+
+    def content_hashes(self) -> list[str | None]:
+        return [ok[3] if ok is not None else None for ok, _ in self.meta]
+
+    def rows(self, indices: list[int]) -> Iterator[bytes]:
+        """The pixels of these images, read one by one (bounded memory, however many)."""
+        row = self.image_size * self.image_size
+        with open(self.path, "rb") as f:
+            for k in indices:
+                yield os.pread(f.fileno(), row, self.offset + k * row)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _header_length(path: Path) -> int:
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        np.lib.format.read_array_header_1_0(f)
+        return f.tell()
+
+
+def _new_array_file(path: Path, shape: tuple[int, ...]) -> int:
+    """An uint8 `.npy` file of this shape, zero-filled (sparse on disk); returns its data offset."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        offset = f.tell()
+        f.truncate(offset + int(np.prod(shape)))
+    return offset
+
+
+_output: dict[str, int] = {}  # scratch file -> descriptor, one per decoding process
+
+
+def _decode_into(job: tuple[int, SourceImage, int, str, int]):
+    """Decode one image and write its pixels at its row of the scratch file."""
+    k, image, size, path, offset = job
     try:
         grey, mode = decode(image)
     except UnreadableImage as e:
         return None, str(e)
-    return (resize_square(grey, size), grey.shape[1], grey.shape[0], mode, pixel_hash(grey)), None
+    if path not in _output:
+        _output[path] = os.open(path, os.O_WRONLY)
+    os.pwrite(_output[path], np.ascontiguousarray(resize_square(grey, size)).tobytes(), offset + k * size * size)
+    return (grey.shape[1], grey.shape[0], mode, pixel_hash(grey)), None
 
 
-Decoded = tuple  # (pixels resized, width, height, mode, content hash) or None, and the reason
-
-
-def decode_images(images: list[SourceImage], image_size: int, workers: int | None = None) -> list[Decoded]:
-    """Decode and resize every image once: `(result, None)` or `(None, reason it is unreadable)`."""
+def decode_images(images: list[SourceImage], image_size: int, workers: int | None = None, scratch: Path | None = None) -> DecodedImages:
+    """Decode and resize every image once, into a scratch file in `scratch` (default: the
+    system's temporary folder). Memory stays bounded by the workers' images in flight."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
-    jobs = [(image, image_size) for image in images]
-    progress = dict(total=len(jobs), desc="decoding images", unit="img", disable=None)
-    # Files decode in parallel; npz rows are already in memory, where processes only add copying.
-    if workers > 1 and len(jobs) >= 64 and images[0].path is not None:
-        with ProcessPoolExecutor(workers) as pool:
-            return list(tqdm(pool.map(_decode_and_resize, jobs, chunksize=16), **progress))
-    return [_decode_and_resize(job) for job in tqdm(jobs, **progress)]
-
-
-def content_hashes(decoded: list[Decoded]) -> list[str | None]:
-    return [ok[4] if ok is not None else None for ok, _ in decoded]
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=".decoding-", suffix=".npy", dir=scratch)
+    os.close(handle)
+    path = Path(name)
+    offset = _new_array_file(path, (len(images), image_size, image_size))
+    jobs = ((k, image, image_size, str(path), offset) for k, image in enumerate(images))
+    progress = dict(total=len(images), desc="decoding images", unit="img", disable=None)
+    try:
+        # Files decode in parallel; npz rows are already in memory, where processes only add copying.
+        if workers > 1 and len(images) >= 64 and images[0].path is not None:
+            with ProcessPoolExecutor(workers) as pool:
+                meta = list(tqdm(pool.map(_decode_into, jobs, chunksize=64), **progress))
+        else:
+            meta = [_decode_into(job) for job in tqdm(jobs, **progress)]
+            if (fd := _output.pop(str(path), None)) is not None:
+                os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return DecodedImages(path, image_size, meta)
 
 
 def build_entry(
     folder: Path,
     images: list[SourceImage],
-    decoded: list[Decoded],
+    decoded: DecodedImages,
     *,
     digest: str,
     classes: list[str],
@@ -142,21 +197,25 @@ def build_entry(
     rejected: list[tuple[str, str]] = []
     split_sizes: dict[str, int] = {}
     for split in ("train", "val", "test"):
-        arrays, labels = [], []
-        for image, (ok, reason) in zip(images, decoded):
+        kept, labels = [], []
+        for k, (image, (ok, reason)) in enumerate(zip(images, decoded.meta)):
             if image.split != split:
                 continue
             if ok is None:
                 rejected.append((image.relpath, reason))
                 continue
-            pixels, width, height, mode, content_hash = ok
-            arrays.append(pixels)
+            width, height, mode, content_hash = ok
+            kept.append(k)
             labels.append(classes.index(image.label))
             rows.append(ManifestRow(image.relpath, split, image.label, width, height, mode, content_hash, image.patient))
-        stacked = np.stack(arrays) if arrays else np.zeros((0, image_size, image_size), np.uint8)
-        np.save(tmp / f"{split}_images.npy", stacked)
+        # Copied row by row from the scratch file: a split of 10^6 images never sits in memory.
+        _new_array_file(tmp / f"{split}_images.npy", (len(kept), image_size, image_size))
+        with open(tmp / f"{split}_images.npy", "r+b") as out:
+            out.seek(_header_length(tmp / f"{split}_images.npy"))
+            for pixels in decoded.rows(kept):
+                out.write(pixels)
         np.save(tmp / f"{split}_labels.npy", np.asarray(labels, dtype=np.int64))
-        split_sizes[split] = len(arrays)
+        split_sizes[split] = len(kept)
     write_manifest(rows, tmp / "manifest.csv")
     meta = dict(
         digest=digest,
