@@ -11,6 +11,7 @@ import argparse
 import ast
 import importlib
 import importlib.util
+import os
 import signal
 import sys
 from pathlib import Path
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         settings = parse_cli(argv[1:], *STEP_SETTINGS[argv[0]], prog=f"python -m pipeline {argv[0]}", description=step_doc(argv[0]))
         importlib.import_module(f"pipeline.steps.{argv[0]}").main(*settings)
     except UserError as e:
+        if _report_to_launcher(str(e)):  # a launched worker: the launcher says it, once
+            sys.exit(2)
+        if os.environ.get("RANK", "0") != "0":  # a worker of a torchrun started by hand: rank 0 says it
+            sys.exit(2)
         print(f"error: {e}", file=sys.stderr)
         _fail_pending_run(str(e), "FAILED", run_name_of(argv))
         sys.exit(2)
@@ -79,6 +84,14 @@ def run_name_of(argv: list[str]) -> str:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _report_to_launcher(message: str) -> bool:
+    if "CXR_WORKER_ERROR_FILE" not in os.environ:  # not a launched worker: no need to import torch
+        return False
+    from pipeline.distributed import report_error
+
+    return report_error(message)
 
 
 def _fail_pending_run(message: str, status: str, name: str) -> None:

@@ -11,11 +11,12 @@ Nothing here knows MLflow.
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
+import tempfile
+import uuid
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -117,25 +118,60 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def launch(argv: list[str], nproc: int, env: dict[str, str] | None = None) -> None:
-    """`python -m pipeline <argv>` again, as `nproc` processes on this machine under torchrun
-    (its standalone rendezvous). A failing worker fails the whole launch, as torchrun does; its
-    `error:` line has already reached stderr."""
-    torchrun = shutil.which("torchrun")
-    command = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
-    # `--`: our settings are not torchrun's options (argparse would take --nproc for --nproc_per_node)
-    command += ["--standalone", "--nproc_per_node", str(nproc), "-m", "pipeline", "--", *argv]
+# Where a worker leaves its `error:` message for the process that launched it, which says it once.
+ERROR_FILE = "CXR_WORKER_ERROR_FILE"
+
+
+def launch(argv: list[str], nproc: int, env: dict[str, str | None] | None = None) -> None:
+    """`python -m pipeline <argv>` again, as `nproc` processes on this machine, through torchrun's
+    own launcher (its elastic agent, in this process, with a standalone rendezvous). `env`
+    changes the workers' environment (None removes a variable). A worker's mistake comes back as
+    the `UserError` it raised; Ctrl-C or SIGTERM stops the workers (rank 0 marks its run KILLED)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its failure report is ours to give
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn",
+    )
     # Each worker gets an equal share of the cores (torchrun's default is one thread each).
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)), **(env or {})}
-    process = subprocess.Popen(command, env={k: v for k, v in environment.items() if v is not None})
-    try:
-        returncode = process.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C or `mlflow run`'s SIGTERM: torchrun passes SIGTERM on to the workers (rank 0
-        # marks its run KILLED); a SIGKILL here would leave them running without it.
-        process.send_signal(signal.SIGTERM)
-        process.wait()
-        raise
-    if returncode != 0:
-        raise UserError(f"the {nproc}-process training failed (exit status {returncode}); the worker's error is above")
+    threads = str(max(1, (os.cpu_count() or 1) // nproc))
+    with tempfile.TemporaryDirectory() as folder:
+        error_file = os.path.join(folder, "error")
+        changes = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), ERROR_FILE: error_file, **(env or {})}
+        saved = {name: os.environ.get(name) for name in changes}
+        handler = signal.getsignal(signal.SIGTERM)
+        _set_environment(changes)
+        try:
+            elastic_launch(config, sys.executable)("-m", "pipeline", *argv)
+        except ChildFailedError as e:
+            if os.path.exists(error_file):
+                raise UserError(open(error_file).read()) from None
+            codes = sorted({f.exitcode for f in e.failures.values()})
+            raise UserError(f"the {nproc}-process training failed (worker exit status {', '.join(map(str, codes))}); its output is above") from None
+        except SignalException:
+            raise KeyboardInterrupt from None
+        finally:
+            _set_environment(saved)
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _set_environment(values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def report_error(message: str) -> bool:
+    """In a launched worker: leave the message for the launcher (rank 0's only) and say True, so
+    the worker exits without printing it; elsewhere False."""
+    if ERROR_FILE not in os.environ or "RANK" not in os.environ:
+        return False
+    if os.environ["RANK"] == "0":
+        with open(os.environ[ERROR_FILE], "w") as f:
+            f.write(message)
+    return True

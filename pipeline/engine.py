@@ -119,18 +119,20 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None, w
 @torch.inference_mode()
 def extract_features(
     model: Classifier, images: np.ndarray, batch_size: int, device: Device, desc: str = "features", world: World = World(),
-    budget: int | None = None,
+    budget: int | None = None, compile_backbone: bool = False,
 ) -> torch.Tensor:
     """Backbone features of every image, in order. Across a world each rank extracts one
-    contiguous share and every rank ends with all of them."""
+    contiguous share and every rank ends with all of them. `compile_backbone`: through
+    torch.compile, which pays after a few thousand images (benchmarks/RESULTS.md)."""
     model.eval()
+    backbone = torch.compile(model.features) if compile_backbone else model.features
     share = torch.arange(len(images)).tensor_split(world.size)[world.rank]
     source = source_of(images, device, budget)
     out = []
     parts = [share[b] for b in batches(len(share), batch_size)]
     for x in tqdm(source.batches(parts), total=len(parts), desc=desc, unit="batch", disable=None, leave=False):
         with device.autocast():
-            out.append(model.features(to_model_input(x, device)).float())
+            out.append(backbone(to_model_input(x, device)).float())
     local = torch.cat(out) if out else torch.zeros((0, model.head.in_features))
     return world.gather_rows(local, device.torch_device if device.type == "cuda" else None)
 
@@ -166,7 +168,7 @@ class FeatureCache:
 
     def get_or_extract(
         self, key: str, model: Classifier, data: PreparedData, batch_size: int, device: Device, splits: tuple[str, ...],
-        measured_in: dict | None = None, world: World = World(), budget: int | None = None,
+        measured_in: dict | None = None, world: World = World(), budget: int | None = None, compile_backbone: bool = False,
     ) -> Features:
         found: dict[str, torch.Tensor] = {}
         result = Features(found, 0.0)
@@ -178,7 +180,7 @@ class FeatureCache:
             # the file is loaded only where every rank (every node's disk) has it.
             if not all(world.all_values(entry_key in self._memory or path.exists())):
                 start = time.perf_counter()
-                features = extract_features(model, data.images(split), batch_size, device, f"{split} features", world, budget).cpu()
+                features = extract_features(model, data.images(split), batch_size, device, f"{split} features", world, budget, compile_backbone).cpu()
                 entry = {"features": features, "extraction_s": time.perf_counter() - start, "measured_in": dict(measured_in or {}, split=split)}
                 if world.main:
                     self.root.mkdir(parents=True, exist_ok=True)
@@ -379,6 +381,8 @@ def train_classifier(
         from torch.nn.parallel import DistributedDataParallel
 
         stepped = DistributedDataParallel(trainable, device_ids=[world.local_rank] if device.type == "cuda" else None)
+    if fit.compile and not model.frozen:  # a frozen run's head is one matrix product: nothing to gain
+        stepped = torch.compile(stepped)
     optimizer = torch.optim.AdamW(parameter_groups(model, lr, fit.backbone_lr_scale), weight_decay=fit.weight_decay)
     # Cosine decay to 1 % over the planned epochs, stepped once per epoch.
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -540,7 +544,9 @@ class TrainingSetup:
             return None
         cache = FeatureCache(cache_root(self.data.cache_dir))
         budget = memory_budget(self.fit.max_memory_gb) // max(1, self.world.local_size)
-        return cache.get_or_extract(self.feature_key, model, self.prep.data, self.fit.batch_size, self.device, splits, measured_in, self.world, budget)
+        return cache.get_or_extract(
+            self.feature_key, model, self.prep.data, self.fit.batch_size, self.device, splits, measured_in, self.world, budget, self.fit.compile
+        )
 
 
 def training_seed(data: DataConfig, fit: FitConfig) -> int:

@@ -79,6 +79,24 @@ def test_fine_tuning_in_two_processes_resumes_after_a_kill(store, data_dir):
         assert [m.step for m in sorted(MlflowClient().get_metric_history(killed.info.run_id, metric), key=lambda m: m.step)] == list(range(1, 13))
 
 
+def test_main_launches_its_train_step_in_two_processes_as_a_child_run(store, data_dir):
+    result = mlflow_run("main", settings(data_dir, frozen="true", nproc="2", epochs="2", tune_trials="0"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,) = runs_of("main")
+    (trained,) = runs_of("train")
+    assert trained.data.tags["mlflow.parentRunId"] == parent.info.run_id == runs_of("evaluate")[0].data.tags["mlflow.parentRunId"]
+    assert trained.data.params["world_size"] == "2" and parent.data.tags["train_run_id"] == trained.info.run_id
+    assert "test_acc" in parent.data.metrics
+
+
+def test_a_mistake_in_two_processes_is_said_once(store, data_dir):
+    result = pipeline_cli("train", settings(data_dir, frozen="false", nproc="2", batch_size="2"))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: 2 processes need at least two images each in every batch")
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` (torchrun starts its workers in sessions of their own)."""
     children = [int(p) for p in subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()]

@@ -155,3 +155,19 @@ def test_resuming_from_a_checkpoint_continues_exactly(data_dir, tmp_path):
     assert {"scaler", "cuda_rng", "generator", "torch_rng", "optimizer", "scheduler"} <= set(saved["checkpoint"])
     # The run's identity for reuse: weights by content, the device and precision it resolved to.
     assert s.identity() == {"weights": s.weights.key, "device": "cpu", "precision": "float32"}
+
+
+def test_compiled_extraction_gives_the_eager_features(data_dir, tmp_path):
+    s = setup(data_dir, tmp_path)
+    model = s.new_model()
+    images = s.prep.data.images("val")
+    eager = engine.extract_features(model, images, 8, s.device)
+    compiled = engine.extract_features(model, images, 8, s.device, compile_backbone=True)
+    assert torch.allclose(compiled, eager, rtol=1e-3, atol=1e-4)
+
+
+def test_compiled_fine_tuning_trains_like_eager(data_dir, tmp_path):
+    _, eager = fit_once(setup(data_dir, tmp_path, frozen=False), epochs=1)
+    _, compiled = fit_once(setup(data_dir, tmp_path, frozen=False, compile=True), epochs=1)
+    assert compiled.history[0].train_loss == pytest.approx(eager.history[0].train_loss, rel=1e-3)
+    assert compiled.history[0].val_loss == pytest.approx(eager.history[0].val_loss, rel=1e-3)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,18 +30,14 @@ class Preparation:
     cache_reused: bool
 
 
-def fingerprints(images: list[SourceImage]) -> list[str]:
-    """Every image's content hash, read by several threads (hashlib lets go of the GIL)."""
-    with ThreadPoolExecutor(min(16, 2 * (os.cpu_count() or 1))) as pool:
-        return list(pool.map(SourceImage.fingerprint, images, chunksize=256))
-
-
-def dataset_digest(classes: list[str], images: list[SourceImage], prints: list[str], settings: str = "") -> str:
-    """Identity of the data as split: file contents (`prints`, one per image), labels and split
-    assignment, not paths on disk. Before the split is made, `settings` (what decides it) stands in."""
+def dataset_digest(classes: list[str], images: list[SourceImage], identities: list[str], settings: str = "") -> str:
+    """A hash of the data as split: each image's label, split, name and identity (`identities`:
+    its stored bytes' fingerprint for the data digest, or its size and modification time for
+    the cache key, known without reading 10^5 files twice). Before the split is made,
+    `settings` (what decides it) stands in for it."""
     digest = hashlib.sha256("\t".join(classes).encode() + settings.encode())
-    for image, fingerprint in zip(images, prints):
-        digest.update(f"\n{image.split}\t{image.label}\t{image.relpath}\t{fingerprint}".encode())
+    for image, identity in zip(images, identities):
+        digest.update(f"\n{image.split}\t{image.label}\t{image.relpath}\t{identity}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -56,7 +51,6 @@ class Located:
     name: str
     plan: ValidationPlan
     folder: Path
-    prints: list[str]  # the images' content hashes, in listing order
 
     @property
     def key(self) -> str:
@@ -85,9 +79,11 @@ def locate_dataset(config: DataConfig) -> Located:
     split_settings = f"{plan.source}|{config.val_fraction}|{config.seed}|{config.patient_pattern}" if plan.source == "split" else "folder"
     if cut_test(listing):
         split_settings += f"|test {config.test_fraction}"
-    prints = fingerprints(listing.images)
-    folder = entry_folder(root, dataset_digest(listing.classes, listing.images, prints, split_settings), config.image_size)
-    return Located(listing, kind, name, plan, folder, prints)
+    # Files by size and modification time: a changed file changes the key; the data digest
+    # itself (content) is computed from the bytes the decoding reads anyway.
+    identities = [image.stat_identity() for image in listing.images]
+    folder = entry_folder(root, dataset_digest(listing.classes, listing.images, identities, f"{listing.location}|{split_settings}"), config.image_size)
+    return Located(listing, kind, name, plan, folder)
 
 
 def cut_test(listing: Listing) -> bool:
@@ -116,7 +112,7 @@ def prepare_dataset(config: DataConfig, located: Located | None = None) -> Prepa
                 folder,
                 images,
                 decoded,
-                digest=dataset_digest(listing.classes, images, located.prints),
+                digest=dataset_digest(listing.classes, images, decoded.fingerprints()),
                 classes=listing.classes,
                 image_size=config.image_size,
                 source=listing.location,

@@ -15,14 +15,13 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from pipeline.data.checks import ManifestRow, read_manifest, write_manifest
-from pipeline.data.sources import SourceImage, UnreadableImage, decode, pixel_hash
+from pipeline.data.sources import SourceImage, decode, pixel_hash
 
 # Bump when decoding, resizing or what an entry holds changes, so older entries are not reused.
 FORMAT_VERSION = 3
@@ -99,21 +98,38 @@ def resize_square(grey: np.ndarray, size: int) -> np.ndarray:
 class DecodedImages:
     """Every image of a listing decoded and resized once, in listing order: the pixels in one
     `.npy` scratch file (written in place by the decoding processes, never all in memory), and
-    per image its (width, height, mode, content hash), or None with the reason it is unreadable."""
+    per image its (width, height, mode, content hash), or None with the reason it is unreadable,
+    and its stored bytes' fingerprint."""
 
-    def __init__(self, path: Path, image_size: int, meta: list[tuple[tuple | None, str | None]]):
+    def __init__(self, path: Path, image_size: int, meta: list[tuple[tuple | None, str | None, str]]):
         self.path, self.image_size, self.meta = path, image_size, meta
         self.offset = _header_length(path)
 
     def content_hashes(self) -> list[str | None]:
-        return [ok[3] if ok is not None else None for ok, _ in self.meta]
+        return [ok[3] if ok is not None else None for ok, _, _ in self.meta]
 
-    def rows(self, indices: list[int]) -> Iterator[bytes]:
-        """The pixels of these images, read one by one (bounded memory, however many)."""
+    def fingerprints(self) -> list[str]:
+        return [stored for _, _, stored in self.meta]
+
+    def copy_rows(self, indices: list[int], out: Path) -> None:
+        """These images' rows appended to `out` in this order, by the kernel (copy_file_range),
+        a run of consecutive rows at a time: no pixel passes through this process."""
         row = self.image_size * self.image_size
-        with open(self.path, "rb") as f:
-            for k in indices:
-                yield os.pread(f.fileno(), row, self.offset + k * row)
+        runs: list[list[int]] = []
+        for k in indices:
+            if runs and k == runs[-1][1]:
+                runs[-1][1] += 1
+            else:
+                runs.append([k, k + 1])
+        with open(self.path, "rb") as src, open(out, "r+b") as dst:
+            dst_offset = _header_length(out)
+            for start, stop in runs:
+                length, src_offset = (stop - start) * row, self.offset + start * row
+                while length:
+                    copied = os.copy_file_range(src.fileno(), dst.fileno(), length, src_offset, dst_offset)
+                    if copied == 0:
+                        raise OSError(f"copying decoded rows from {self.path} to {out} stopped short")
+                    length, src_offset, dst_offset = length - copied, src_offset + copied, dst_offset + copied
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -141,14 +157,14 @@ _output: dict[str, int] = {}  # scratch file -> descriptor, one per decoding pro
 def _decode_into(job: tuple[int, SourceImage, int, str, int]):
     """Decode one image and write its pixels at its row of the scratch file."""
     k, image, size, path, offset = job
-    try:
-        grey, mode = decode(image)
-    except UnreadableImage as e:
-        return None, str(e)
+    decoded, reason, stored = decode(image)
+    if decoded is None:
+        return None, reason, stored
+    grey, mode = decoded
     if path not in _output:
         _output[path] = os.open(path, os.O_WRONLY)
     os.pwrite(_output[path], np.ascontiguousarray(resize_square(grey, size)).tobytes(), offset + k * size * size)
-    return (grey.shape[1], grey.shape[0], mode, pixel_hash(grey)), None
+    return (grey.shape[1], grey.shape[0], mode, pixel_hash(grey)), None, stored
 
 
 def decode_images(images: list[SourceImage], image_size: int, workers: int | None = None, scratch: Path | None = None) -> DecodedImages:
@@ -198,7 +214,7 @@ def build_entry(
     split_sizes: dict[str, int] = {}
     for split in ("train", "val", "test"):
         kept, labels = [], []
-        for k, (image, (ok, reason)) in enumerate(zip(images, decoded.meta)):
+        for k, (image, (ok, reason, _)) in enumerate(zip(images, decoded.meta)):
             if image.split != split:
                 continue
             if ok is None:
@@ -208,12 +224,9 @@ def build_entry(
             kept.append(k)
             labels.append(classes.index(image.label))
             rows.append(ManifestRow(image.relpath, split, image.label, width, height, mode, content_hash, image.patient))
-        # Copied row by row from the scratch file: a split of 10^6 images never sits in memory.
+        # Copied from the scratch file by the kernel: a split of 10^6 images never sits in memory.
         _new_array_file(tmp / f"{split}_images.npy", (len(kept), image_size, image_size))
-        with open(tmp / f"{split}_images.npy", "r+b") as out:
-            out.seek(_header_length(tmp / f"{split}_images.npy"))
-            for pixels in decoded.rows(kept):
-                out.write(pixels)
+        decoded.copy_rows(kept, tmp / f"{split}_images.npy")
         np.save(tmp / f"{split}_labels.npy", np.asarray(labels, dtype=np.int64))
         split_sizes[split] = len(kept)
     write_manifest(rows, tmp / "manifest.csv")

@@ -39,10 +39,16 @@ class SourceImage:
     array: np.ndarray | None = field(default=None, repr=False, compare=False)
     patient: str = ""  # given by the source (a CSV's patient column); else found by patient_pattern
 
-    def fingerprint(self) -> str:
-        """Hash of the stored bytes: cheap, and enough to tell whether the data changed."""
-        data = self.path.read_bytes() if self.path is not None else np.ascontiguousarray(self.array).tobytes()
-        return hashlib.sha256(data).hexdigest()[:16]
+    def stored_bytes(self) -> bytes:
+        return self.path.read_bytes() if self.path is not None else np.ascontiguousarray(self.array).tobytes()
+
+    def stat_identity(self) -> str:
+        """What tells, without reading it, that a file changed: its size and modification time
+        (an npz row, already in memory, by its content)."""
+        if self.path is None:
+            return fingerprint(self.stored_bytes())
+        st = self.path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 @dataclass
@@ -121,10 +127,20 @@ def pixel_hash(grey: np.ndarray) -> str:
     return digest.hexdigest()[:16]
 
 
-def decode(image: SourceImage) -> tuple[np.ndarray, str]:
-    if image.array is not None:
-        return array_to_grey(image.array)
-    return read_image(image.path.read_bytes())
+def fingerprint(data: bytes) -> str:
+    """Hash of an image's stored bytes: its identity in the data set's digest."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def decode(image: SourceImage) -> tuple[tuple[np.ndarray, str] | None, str | None, str]:
+    """Grey pixels and mode (or None and the reason it is unreadable), and the stored bytes'
+    fingerprint: one read of the file serves both."""
+    data = image.stored_bytes()
+    try:
+        grey = array_to_grey(image.array) if image.array is not None else read_image(data)
+    except UnreadableImage as e:
+        return None, str(e), fingerprint(data)
+    return grey, None, fingerprint(data)
 
 
 # -- listing ----------------------------------------------------------------------------------
