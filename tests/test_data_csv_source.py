@@ -65,6 +65,15 @@ def test_rsna_layout_repeated_box_rows_count_once_and_names_without_extension_ar
     assert "1 repeated rows" in reasons["stage_2_train_labels.csv"]
 
 
+def test_absolute_paths_are_taken_as_given(tmp_path):
+    png(tmp_path / "elsewhere" / "a.png")
+    png(tmp_path / "elsewhere" / "b.png", 200)
+    (tmp_path / "table").mkdir()
+    (tmp_path / "table" / "t.csv").write_text(f"file,label\n{tmp_path / 'elsewhere' / 'a.png'},0\n{tmp_path / 'elsewhere' / 'b.png'},1\n")
+    listing = list_csv(tmp_path / "table" / "t.csv", settings())
+    assert [i.relpath for i in listing.images] == [str(tmp_path / "elsewhere" / "a.png"), str(tmp_path / "elsewhere" / "b.png")]
+
+
 def test_a_named_column_that_is_missing_is_an_error_naming_the_columns(tmp_path):
     (tmp_path / "t.csv").write_text("path,finding\na.png,1\n")
     with pytest.raises(UserError, match=r"no column for file='file', label='label' \(its columns: path, finding\)"):

@@ -97,7 +97,9 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
         if isinstance(file, str):
             ignored.append((name, file))
             continue
-        images.append(SourceImage(file.relative_to(root).as_posix(), entry["split"], entry["label"], path=file, patient=entry["patient"]))
+        # Named relative to the table where it lies below it, else as the table gives it (absolute).
+        relpath = file.relative_to(root).as_posix() if file.is_relative_to(root) else file.as_posix()
+        images.append(SourceImage(relpath, entry["split"], entry["label"], path=file, patient=entry["patient"]))
     if repeated:
         ignored.append((path.name, f"{repeated} repeated rows (same file, label, split and patient) counted once"))
     if not images:
