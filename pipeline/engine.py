@@ -84,6 +84,12 @@ def to_model_input(batch: torch.Tensor, device: Device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if device.channels_last else x
 
 
+def process_budget(fit: FitConfig, world: World) -> int:
+    """Bytes of decoded images this process may hold: `max_memory_gb` (or the machine's share),
+    divided among the processes on this machine, each of which holds its own."""
+    return memory_budget(fit.max_memory_gb) // max(1, world.local_size)
+
+
 def augment(x: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     """Light, radiograph-safe augmentation of a batch: small rotation (+-7 deg), scale (+-8 %),
     shift (+-5 %), brightness and contrast (+-10 %). No flips: the heart sits on the left, and a
@@ -367,8 +373,7 @@ def train_classifier(
         inputs = {s: InMemory(t) for s, t in inputs.items()}
     else:
         trainable = model
-        budget = memory_budget(fit.max_memory_gb) // max(1, world.local_size)  # every process on this machine holds its own
-        inputs = {s: source_of(data.images(s), device, budget) for s in ("train", "val")}
+        inputs = {s: source_of(data.images(s), device, process_budget(fit, world)) for s in ("train", "val")}
     labels = {s: torch.from_numpy(data.labels(s)) for s in ("train", "val")}
     if len(labels["train"]) < 2 * world.size or fit.batch_size < 2 * world.size:
         raise UserError(
@@ -543,9 +548,9 @@ class TrainingSetup:
         if not self.model.frozen:
             return None
         cache = FeatureCache(cache_root(self.data.cache_dir))
-        budget = memory_budget(self.fit.max_memory_gb) // max(1, self.world.local_size)
         return cache.get_or_extract(
-            self.feature_key, model, self.prep.data, self.fit.batch_size, self.device, splits, measured_in, self.world, budget, self.fit.compile
+            self.feature_key, model, self.prep.data, self.fit.batch_size, self.device, splits, measured_in, self.world,
+            process_budget(self.fit, self.world), self.fit.compile,
         )
 
 

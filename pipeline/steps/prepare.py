@@ -1,6 +1,8 @@
 """prepare: find and check the data set, decode it once into the cache, and log what it holds.
 
-Inputs: data_dir, image_size, val_source, val_fraction, seed, cache_dir, patient_pattern.
+Inputs: data_dir (a Kaggle-layout folder, a MedMNIST .npz, a label table .csv, or '' for the
+demo set), image_size, val_source, val_fraction, seed, cache_dir, patient_pattern, and for a label
+table csv_columns, positive_labels, test_list, test_fraction.
 Outputs (run `prepare`): those settings plus `data_digest`, `data_path`, `n_train`, `n_val`,
 `n_test` as parameters; the data set as the run's input (name and digest); metrics
 `n_rejected`, `n_ignored`, `n_duplicate_groups`, `n_cross_split_duplicate_groups` and

@@ -1,10 +1,12 @@
 """train: train one configuration (backbone x mode), keep the epoch with the best validation loss.
 
 Inputs: the data settings (data_dir, image_size, val_source, val_fraction, seed, cache_dir,
-patient_pattern), backbone, frozen, weights, the fit settings (epochs, batch_size, lr,
+patient_pattern, csv_columns, positive_labels, test_list, test_fraction), backbone, frozen, weights, the fit settings (epochs, batch_size, lr,
 backbone_lr_scale, weight_decay, patience, class_weights, augment, device, num_threads,
-train_seed), and `resume` (a run id of a killed train run; refused if its data, code or
-weights have changed since).
+train_seed, nproc, compile, max_memory_gb), and `resume` (a run id of a killed train run;
+refused if its data, code or weights have changed since). With `nproc` > 1 the step runs as that
+many processes under torchrun (DistributedDataParallel); rank 0 alone logs, into one run
+(parameter `world_size`).
 Outputs (run `<backbone>-<mode>-train`): those settings with the resolved `lr`, `data_digest`
 and split sizes as parameters; `train_loss`, `train_acc`, `val_loss`, `val_acc`, `lr`,
 `epoch_time_s` at step = epoch; `train_time_s` (this run's wall clock: getting the frozen
@@ -82,10 +84,9 @@ def run(
             os.environ.pop("MLFLOW_RUN_ID", None)  # only rank 0 talks to MLflow
             _fit(setup, lr, checkpoint=None)
             return Trained("", "", lr, reused=False)
-        params = {**as_params(data, model_cfg, fit), "lr": f"{lr:.6g}"}
-        key = tracking.input_key("train", {**params, **setup.identity()}, setup.prep.data.digest)
-        if reuse and (previous := tracking.find_reusable("train", key)):
-            return Trained(previous.info.run_id, previous.data.tags["model_uri"], lr, reused=True)
+        params, key, previous = _reuse_key(setup, lr, reuse)
+        if previous is not None:
+            return previous
         with tracking.step_run("train", model_cfg.backbone, model_cfg.mode) as active:
             tracking.report_run_id(active.info.run_id)
             mlflow.set_tags({"input_key": key, "settings": json.dumps(params)})
@@ -102,13 +103,26 @@ def _launch(data: DataConfig, model_cfg: ModelConfig, fit: FitConfig, *, prep, t
     of this process's active run (main, compare) or the run `mlflow run` made."""
     setup = setup_training(data, model_cfg, fit, prep)
     lr = resolve_lr(fit, model_cfg.mode, tuned_lr)
-    params = {**as_params(data, model_cfg, fit), "lr": f"{lr:.6g}"}
-    key = tracking.input_key("train", {**params, **setup.identity()}, setup.prep.data.digest)
-    if reuse and (previous := tracking.find_reusable("train", key)):
-        return Trained(previous.info.run_id, previous.data.tags["model_uri"], lr, reused=True)
-    argv = ["train"] + [token for name, value in {**as_params(data, model_cfg, fit), "lr": repr(lr)}.items() for token in (f"--{name}", value)]
+    _, _, previous = _reuse_key(setup, lr, reuse)
+    if previous is not None:
+        return previous
+    argv = command_line("train", {**as_params(data, model_cfg, fit), "lr": repr(lr)})
     run_id = tracking.launched_run(lambda env: launch(argv, fit.nproc, env))
     return Trained(run_id, tracking.get_run(run_id).data.tags["model_uri"], lr, reused=False)
+
+
+def _reuse_key(setup: TrainingSetup, lr: float, reuse: bool) -> tuple[dict[str, str], str, Trained | None]:
+    """The run's parameters, its reuse key, and (with `reuse`) a finished run with that key."""
+    params = {**as_params(setup.data, setup.model, setup.fit), "lr": f"{lr:.6g}"}
+    key = tracking.input_key("train", {**params, **setup.identity()}, setup.prep.data.digest)
+    previous = tracking.find_reusable("train", key) if reuse else None
+    found = Trained(previous.info.run_id, previous.data.tags["model_uri"], lr, reused=True) if previous else None
+    return params, key, found
+
+
+def command_line(step: str, settings: dict[str, str]) -> list[str]:
+    """`<step> --name value ...`: what a launched worker is started with."""
+    return [step] + [token for name, value in settings.items() for token in (f"--{name}", value)]
 
 
 def resume(run_id: str, given: tuple[DataConfig, ModelConfig, FitConfig] | None = None) -> Trained:
@@ -161,7 +175,7 @@ def _resume_inputs(run_id: str, world: World) -> tuple[dict, dict] | None:
         raise UserError(f"run {run_id} has no checkpoints/last.pt: it stopped before the first epoch's checkpoint was stored; start it again")
     nproc = from_params(settings, FitConfig)[0].nproc
     if nproc > 1 and not world.distributed:
-        argv = ["train"] + [token for name, value in settings.items() for token in (f"--{name}", value)] + ["--resume", run_id]
+        argv = command_line("train", {**settings, "resume": run_id})
         tracking.launched_run(lambda env: launch(argv, nproc, env), run_id=run_id)
         return None
     try:
