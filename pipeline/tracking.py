@@ -11,6 +11,7 @@ import csv
 import functools
 import hashlib
 import importlib.metadata
+import io
 import json
 import os
 import queue
@@ -278,8 +279,10 @@ def has_artifact(run_id: str, artifact_path: str) -> bool:
     return artifact_path in {a.path for a in MlflowClient().list_artifacts(run_id, folder)}
 
 
-def download(run_id: str, artifact_path: str) -> Path:
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tempfile.mkdtemp()))
+def download(run_id: str, artifact_path: str) -> bytes:
+    """An artifact's bytes; the downloaded copy is removed (a checkpoint can weigh 400 MB)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=folder)).read_bytes()
 
 
 def ui_hint(experiment_id: str) -> str:
@@ -322,8 +325,8 @@ def comparison(compare_run_id: str) -> list[dict]:
         history = [{"epoch": e, **{m: histories[m][e] for m in histories}} for e in sorted(histories["val_loss"])]
         predictions = {}
         for split in ("val", "test"):
-            with open(download(evaluate.info.run_id, f"predictions/{split}.csv"), newline="") as f:
-                predictions[split] = list(csv.DictReader(f))
+            text = download(evaluate.info.run_id, f"predictions/{split}.csv").decode()
+            predictions[split] = list(csv.DictReader(io.StringIO(text, newline="")))
         # `mlflow run` logs `lr` as typed (`auto`); the rate used is then `lr_resolved`.
         lr = train.data.params.get("lr_resolved", train.data.params["lr"])
         train_metrics, train_tags = train.data.metrics, train.data.tags

@@ -230,3 +230,18 @@ def test_calibrate_fits_a_temperature_on_validation_and_the_logged_model_uses_it
     x = torch.rand(4, 1, 32, 32)
     base, calibrated = (mlflow.pytorch.load_model(t.model_uri)(x) for t in (plain, scaled))
     assert torch.allclose(calibrated, base / metrics["temperature"], atol=1e-4)  # same training, logits divided by T
+
+
+def test_a_train_run_leaves_no_checkpoint_behind_in_the_temporary_folder(store, data_dir, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    config = (DataConfig(data_dir=str(data_dir), image_size=32, cache_dir=str(tmp_path / "cache")),
+              ModelConfig(backbone="resnet18", frozen=False, weights="none"), FitConfig(epochs=1, batch_size=8, device="cpu"))
+    trained = train.run(*config)
+    MlflowClient().set_terminated(trained.run_id, "FAILED")  # so that it can be resumed: its checkpoint is downloaded
+    train.resume(trained.run_id)
+    left = [p.name for p in scratch.iterdir() if p.suffix != ".lock"]  # the SQLite set-up lock stays, by design
+    assert not left  # checkpoints, the downloaded one included, went to the store only

@@ -133,7 +133,7 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
     figures["analysis/label_noise_candidates.png"] = report.figure_png(label_noise_grid(study["label_noise_candidates"], prep))
     for r in rows:  # each model's Grad-CAM grid, as its evaluate run drew it
         if tracking.has_artifact(r["evaluate_run_id"], "plots/gradcam.png"):
-            figures[f"gradcam/{r['backbone']}-{r['mode']}.png"] = tracking.download(r["evaluate_run_id"], "plots/gradcam.png").read_bytes()
+            figures[f"gradcam/{r['backbone']}-{r['mode']}.png"] = tracking.download(r["evaluate_run_id"], "plots/gradcam.png")
     (folder / "gradcam").mkdir()
     for name, png in figures.items():
         (folder / name).write_bytes(png)

@@ -193,7 +193,7 @@ def saliency_metrics(train_run, settings: dict, data, called: np.ndarray, seed: 
     pos = positive_index(data.classes)
     classifier = build_classifier(settings["backbone"], resolve_weights(settings["backbone"], "none", 0), len(data.classes),
                                   boolean("frozen", settings["frozen"]), 0)
-    classifier.load_state_dict(torch.load(tracking.download(train_run.info.run_id, "checkpoints/best.pt"), map_location="cpu", weights_only=True))
+    classifier.load_state_dict(torch.load(io.BytesIO(tracking.download(train_run.info.run_id, "checkpoints/best.pt")), map_location="cpu", weights_only=True))
     images, y = np.asarray(data.images("test")), data.labels("test") == pos
     heat = gradcam(classifier.cpu(), images, pos)
     sample = outcome_sample(y, called, SALIENCY_PER_OUTCOME, seed)

@@ -21,6 +21,7 @@ frozen mode: `feature_extraction_s` where this run extracted them, else
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -179,10 +180,10 @@ def _resume_inputs(run_id: str, world: World) -> tuple[dict, dict] | None:
         tracking.launched_run(lambda env: launch(argv, nproc, env), run_id=run_id)
         return None
     try:
-        checkpoint_file = tracking.download(run_id, "checkpoints/last.pt")
+        checkpoint = tracking.download(run_id, "checkpoints/last.pt")
     except Exception as e:  # it is there (listed above): the store or the network failed, say so
         raise UserError(f"cannot download checkpoints/last.pt of run {run_id}: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
-    return settings, torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+    return settings, torch.load(io.BytesIO(checkpoint), map_location="cpu", weights_only=True)
 
 
 def check_unchanged(previous, setup: TrainingSetup) -> None:
@@ -216,8 +217,9 @@ def _fit(setup: TrainingSetup, lr: float, checkpoint: dict | None, on_epoch=None
 
 def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> str:
     fit = setup.fit
-    checkpoint_dir = Path(tempfile.mkdtemp())
-    with tracking.EpochRecorder(checkpoint_dir) as recorder:
+    # Checkpoints pass through here on their way to the store; nothing is left behind.
+    with tempfile.TemporaryDirectory() as folder, tracking.EpochRecorder(Path(folder)) as recorder:
+        checkpoint_dir = Path(folder)
 
         def on_epoch(stats: EpochStats, state: FitState, make_checkpoint) -> None:
             recorder(stats, state, make_checkpoint)
