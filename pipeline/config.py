@@ -287,7 +287,7 @@ class FitConfig:
     calibrate: bool = option(False, boolean, "fit a temperature on validation so the model's probabilities mean what they say (ECE before and after logged)")
     target_sensitivity: float | None = option(None, fraction_or_auto, "operating threshold stored with the model: auto = Youden's J on validation, or the highest reaching this sensitivity on validation (e.g. 0.95)")
     nproc: int = option(1, integer(1, 1024), "train: processes on this machine (one per GPU), started with torchrun; > 1 trains with DistributedDataParallel")
-    compile: bool = option(False, boolean, "torch.compile the backbone (frozen extraction) or the model (fine-tune): on a 2-core CPU 1.7 x faster after a 43 s compile, so it pays past ~6,000 images (benchmarks/RESULTS.md)")
+    compile: bool = option(False, boolean, "torch.compile the backbone (frozen extraction) or the model (fine-tune): faster per image after a one-time compile, so it pays on large sets only (compile time and break-even: benchmarks/RESULTS.md)")
     max_memory_gb: float | None = option(None, memory_or_auto, "decoded images a process may hold in memory, GB (auto = half of what is available); a larger split is streamed from the cache")
 
 

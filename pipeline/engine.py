@@ -281,7 +281,9 @@ def run_epoch(
     draws = [torch.rand(len(p), 6, generator=generator) for p in parts] if augment_images else None
     item_weight = weight[labels] if weight is not None else torch.ones(len(labels))
     shards = [world.shard(p) for p in parts]
-    sums = torch.zeros(4, dtype=torch.float64)  # weighted loss, weight, correct, seen
+    # Weighted loss, weight, correct, seen: summed where they are computed and read once at the
+    # end, so a GPU is not made to wait for every batch (float32 on MPS, which has no float64).
+    sums = torch.zeros(4, dtype=torch.float32 if device.type == "mps" else torch.float64, device=device.torch_device)
     with torch.set_grad_enabled(training):
         for k, x in enumerate(tqdm(source.batches(shards), total=len(shards), desc=desc, unit="batch", disable=None, leave=False)):
             idx = shards[k]
@@ -302,7 +304,8 @@ def run_epoch(
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-            sums += torch.tensor([weighted.sum().item(), w.sum().item(), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64)
+            correct = (logits.argmax(1) == y).sum()
+            sums += torch.stack([t.to(sums.dtype) for t in (weighted.detach().sum(), w.sum(), correct, torch.tensor(len(y), device=correct.device))])
     loss_sum, weight_sum, correct, seen = world.sum(sums.tolist())
     return loss_sum / weight_sum, correct / seen
 
