@@ -258,6 +258,7 @@ class DataConfig:
     positive_labels: tuple[str, ...] = option((), label_list, "CSV source: findings (comma-separated) that make a row PNEUMONIA, every other NORMAL ('' = the label column holds NORMAL/PNEUMONIA or 0/1)")
     test_list: str = option("", text, "CSV source without a split column: a file naming the test images, one per line (e.g. NIH's test_list.txt)")
     test_fraction: float = option(0.2, number(0.0, 0.5, high_open=False), "CSV source with neither split column nor test_list: share held out as test, by patient")
+    near_duplicate_bits: int = option(16, integer(0, 254), "images whose perceptual hashes differ in at most this many of 255 bits are near-duplicates: one unit with their copy in the split, the seen masks and every interval")
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,7 @@ class FitConfig:
     device: str = option("auto", choice("auto", "cpu", "cuda", "mps"), "auto = cuda, then mps, then cpu")
     num_threads: int = option(0, integer(0, 1024), "CPU threads for torch (0 = torch's default)")
     train_seed: int | None = option(None, seed_or_auto, "seed of the model's initialisation and training order (auto = seed); compare's seeds vary it")
-    calibrate: bool = option(False, boolean, "fit a temperature on validation so the model's probabilities mean what they say (ECE before and after logged)")
+    calibrate: bool = option(False, boolean, "fit a temperature on validation so the model's probabilities mean what they say (ECE before, and after cross-fitted on folds of validation, logged)")
     target_sensitivity: float | None = option(None, fraction_or_auto, "operating threshold stored with the model: auto = Youden's J on validation, or the highest reaching this sensitivity on validation (e.g. 0.95)")
     nproc: int = option(1, integer(1, 1024), "train: processes on this machine (one per GPU), started with torchrun; > 1 trains with DistributedDataParallel")
     compile: bool = option(False, boolean, "torch.compile the backbone (frozen extraction) or the model (fine-tune): faster per image after a one-time compile, so it pays on large sets only (compile time and break-even: benchmarks/RESULTS.md)")

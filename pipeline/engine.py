@@ -481,15 +481,21 @@ def fold_scale_into(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> N
 
 
 @torch.inference_mode()
-def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device: Device) -> np.ndarray:
-    """Class probabilities (N, C) of uint8 images (N, H, W), no augmentation. The model must be
-    in eval mode already (an exported program cannot be switched)."""
+def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: Device) -> np.ndarray:
+    """Class logits (N, C) of uint8 images (N, H, W), no augmentation. The model must be in
+    eval mode already (an exported program cannot be switched)."""
     parts = batches(len(images), batch_size)
     out = []
     for x in tqdm(source_of(images, device).batches(parts), total=len(parts), desc="predict", unit="batch", disable=None, leave=False):
         with device.autocast():
-            out.append(torch.softmax(model(to_model_input(x, device)).float(), 1).cpu())
+            out.append(model(to_model_input(x, device)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device: Device) -> np.ndarray:
+    """Class probabilities (N, C): the softmax of `predict_logits`."""
+    logits = predict_logits(model, images, batch_size, device)
+    return torch.softmax(torch.from_numpy(logits), 1).numpy() if len(logits) else logits
 
 
 # -- one configuration, ready to train --------------------------------------------------------

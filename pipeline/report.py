@@ -15,26 +15,32 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from pipeline import plots
+from pipeline.analysis.shortcuts import shortcut_verdict
 
+# Accuracy, sensitivity and specificity at the model's operating threshold: the one `predict`
+# and the served model call labels at. The figures at 0.5 are in comparison.csv, labelled.
 COLUMNS = [
     ("mode", "mode"),
     ("backbone", "backbone"),
     ("lr", "lr (how chosen)"),
-    ("train_acc", "train acc"),
-    ("val_acc", "val acc"),
-    ("test_acc", "test acc [95 % CI]"),
+    ("operating_threshold", "threshold"),
+    ("train_acc_at_val_threshold", "train acc"),
+    ("val_acc_at_val_threshold", "val acc"),
+    ("test_acc_at_val_threshold", "test acc [95 % CI]"),
     ("test_auc", "test AUC [95 % CI]"),
-    ("test_sensitivity", "sensitivity [95 % CI]"),
-    ("test_specificity", "specificity [95 % CI]"),
+    ("test_sensitivity_at_val_threshold", "sensitivity [95 % CI]"),
+    ("test_specificity_at_val_threshold", "specificity [95 % CI]"),
     ("seeds", "test acc / AUC over seeds (mean +- sd)"),
     ("train_time_s", "training time (s)"),
     ("features_s", "feature extraction (s)"),
     ("epochs_run", "epochs run"),
 ]
-WITH_INTERVAL = {"test_acc", "test_auc", "test_sensitivity", "test_specificity"}
+WITH_INTERVAL = {"test_acc_at_val_threshold", "test_auc", "test_sensitivity_at_val_threshold", "test_specificity_at_val_threshold"}
 TABLE_NOTES = (
-    "Intervals: exact (Clopper-Pearson) for accuracy, sensitivity and specificity, stratified bootstrap for AUC; "
-    "two models whose intervals overlap may still differ, and the paired tests below are the ones to read. "
+    "Accuracy, sensitivity and specificity at each model's operating threshold (chosen on validation, stored with the model, used by "
+    "predict and the served model); comparison.csv also holds them at 0.5 (test_acc, test_sensitivity, test_specificity). "
+    "Intervals: 95 %, as the row's interval method says (a patient bootstrap where patients have several images, else exact "
+    "Clopper-Pearson; AUC by bootstrap); two models whose intervals overlap may still differ, and the paired tests below are the ones to read. "
     "Training time: the train run's own wall clock (loading cached features included). Feature extraction: "
     "frozen mode's one-off cost, measured in the train run itself, or, marked *, measured earlier in the run "
     "that extracted the features (comparison.csv names it) and reused here."
@@ -47,7 +53,8 @@ def _cell(key: str, row: dict) -> str:
         spread = row.get("seed_spread") or {}
         if spread.get("n", 1) < 2:
             return ""
-        return f"{spread['test_acc_mean']:.3f} +- {spread['test_acc_sd']:.3f} / {spread['test_auc_mean']:.3f} +- {spread['test_auc_sd']:.3f} (n {spread['n']})"
+        return (f"{spread['test_acc_at_val_threshold_mean']:.3f} +- {spread['test_acc_at_val_threshold_sd']:.3f} / "
+                f"{spread['test_auc_mean']:.3f} +- {spread['test_auc_sd']:.3f} (n {spread['n']})")
     if key == "features_s":
         if row.get("feature_extraction_s") is not None:
             return f"{row['feature_extraction_s']:.1f}"
@@ -60,6 +67,8 @@ def _cell(key: str, row: dict) -> str:
         return f"{value:.3g} ({row.get('lr_source', '?')})"
     if key == "train_time_s":
         return f"{value:.1f}"
+    if key == "operating_threshold":
+        return f"{value:.3g}"
     if key in WITH_INTERVAL and row.get(f"{key}_ci_low") is not None:
         return f"{value:.3f} [{row[f'{key}_ci_low']:.3f}, {row[f'{key}_ci_high']:.3f}]"
     if isinstance(value, float):
@@ -73,7 +82,7 @@ def with_seed_spread(primary: list[dict], every: list[dict]) -> list[dict]:
     for row in primary:
         same = [r for r in every if (r["backbone"], r["mode"]) == (row["backbone"], row["mode"])]
         spread = {"n": len(same)}
-        for key in ("test_acc", "test_auc", "val_acc"):
+        for key in ("test_acc_at_val_threshold", "test_auc", "val_acc_at_val_threshold"):
             values = np.array([r[key] for r in same], dtype=float)
             spread[f"{key}_mean"] = float(values.mean())
             spread[f"{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -95,8 +104,8 @@ def pairwise_markdown(pairs: list[dict]) -> str:
     lines = [
         "## Can this test set tell them apart?",
         "",
-        "Paired on the same test images: accuracy by McNemar's exact test, AUC by DeLong's test; p-values also Holm-adjusted "
-        "for the number of pairs. Distinguishable: adjusted p < 0.05.",
+        f"Paired on the same test images, each model at its own threshold: accuracy by {pairs[0]['acc']['method']}, AUC by "
+        f"{pairs[0]['auc']['method']}; p-values also Holm-adjusted for the number of pairs. Distinguishable: adjusted p < 0.05.",
         "",
         "| A | B | accuracy A / B | right only A / only B | p (Holm) | accuracy | AUC A / B | AUC difference [95 % CI] | p (Holm) | AUC |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -112,7 +121,8 @@ def pairwise_markdown(pairs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-CSV_EXTRA = ["seed_index", "train_seed", "lr_source", "test_acc_ci_low", "test_acc_ci_high", "test_auc_ci_low", "test_auc_ci_high",
+CSV_EXTRA = ["seed_index", "train_seed", "lr_source", "interval_method", *(f"{k}_ci_{side}" for k in sorted(WITH_INTERVAL) for side in ("low", "high")),
+             "test_acc", "test_sensitivity", "test_specificity", *(f"test_{k}_ci_{side}" for k in ("acc", "sensitivity", "specificity") for side in ("low", "high")),
              "feature_extraction_s", "cached_features_cost_s", "cached_features_measured_in", "main_run_id", "train_run_id", "evaluate_run_id"]
 
 
@@ -144,7 +154,8 @@ def model_card(row: dict, study: dict, data: dict) -> str:
     shortcuts = (study.get("shortcuts") or {}).get(name)
     gap = (study.get("gap") or {}).get(name, {})
     calibration = (f"temperature {row['temperature']:.3f} fitted on validation (expected calibration error "
-                   f"{row['val_ece_before_calibration']:.3f} -> {row['val_ece_after_calibration']:.3f})" if row.get("temperature") else
+                   f"{row['val_ece_before_calibration']:.3f} -> {row['val_ece_after_calibration']:.3f}, the latter cross-fitted on folds of validation)"
+                   if row.get("temperature") else
                    "not calibrated (calibrate=false)")
     if gap:
         calibration += (f"; on test: expected calibration error {gap['calibration']['test']['ece']:.3f}, Brier score "
@@ -163,9 +174,14 @@ def model_card(row: dict, study: dict, data: dict) -> str:
         f"{row['epochs_run']} epochs run of {row.get('epochs')}, kept at the lowest validation loss",
         f"- runs: train `{row['train_run_id']}`, evaluate `{row['evaluate_run_id']}`",
         "",
-        "## Test figures (95 % intervals)",
-        f"- accuracy {ci('test_acc')}, AUC {ci('test_auc')}, sensitivity {ci('test_sensitivity')}, specificity {ci('test_specificity')}",
-        f"- validation: accuracy {row['val_acc']:.3f}" + (f", AUC {row['val_auc']:.3f}" if row.get("val_auc") is not None else ""),
+        f"## Test figures at the operating threshold {row['operating_threshold']:.4g} (95 % intervals)" if row.get("operating_threshold") is not None
+        else "## Test figures at 0.5 (no threshold stored; 95 % intervals)",
+        f"- accuracy {ci('test_acc_at_val_threshold')}, sensitivity {ci('test_sensitivity_at_val_threshold')}, "
+        f"specificity {ci('test_specificity_at_val_threshold')}; AUC {ci('test_auc')} (any threshold)",
+        f"- at 0.5, for comparison only (not how the model is used): accuracy {ci('test_acc')}, sensitivity {ci('test_sensitivity')}, "
+        f"specificity {ci('test_specificity')}",
+        f"- intervals: {row.get('interval_method') or 'exact / bootstrap of images'}",
+        f"- validation at the threshold: accuracy {row['val_acc_at_val_threshold']:.3f}" + (f", AUC {row['val_auc']:.3f}" if row.get("val_auc") is not None else ""),
         "",
         "## Operating point and calibration",
         f"- threshold {row['operating_threshold']:.4g}: {row.get('operating_threshold_rule')}; predict and mlflow models serve use it unless told otherwise"
@@ -173,9 +189,7 @@ def model_card(row: dict, study: dict, data: dict) -> str:
         f"- {calibration}",
         "",
         "## Shortcut check",
-        (f"- test AUC with the lungs hidden {shortcuts['lungs_hidden']['value']:.3f} [{shortcuts['lungs_hidden']['ci_low']:.3f}, "
-         f"{shortcuts['lungs_hidden']['ci_high']:.3f}], with only the lungs shown {shortcuts['outside_hidden']['value']:.3f} "
-         f"[{shortcuts['outside_hidden']['ci_low']:.3f}, {shortcuts['outside_hidden']['ci_high']:.3f}]") if shortcuts else "- not run",
+        shortcut_card_line(shortcuts) if shortcuts else "- not run",
         "",
         "## Known limits",
         f"- {data['population']}",
@@ -184,6 +198,18 @@ def model_card(row: dict, study: dict, data: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def shortcut_card_line(check: dict) -> str:
+    """The occlusion figures under both fills, and the verdict they support."""
+    def iv(key: str) -> str:
+        c = check.get(key)
+        return f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" if c else "-"
+
+    kind, why = shortcut_verdict(check)
+    return (f"- test AUC with the lungs hidden {iv('lungs_hidden')} (training mean grey) / {iv('lungs_hidden_fill_visible')} (visible part's mean), "
+            f"with only the lungs shown {iv('outside_hidden')} / {iv('outside_hidden_fill_visible')}\n"
+            f"- verdict: {kind.replace('_', ' ')} ({why})")
 
 
 def population(name: str, kaggle_names: bool) -> str:
@@ -228,20 +254,21 @@ def accuracy_and_time_figure(rows: list[dict]):
     names = [label(r) for r in rows]
     x = np.arange(len(rows))
     width = 0.27
-    for offset, key, name in ((-width, "train_acc", "train"), (0, "val_acc", "validation"), (width, "test_acc", "test")):
+    test_key = "test_acc_at_val_threshold"
+    for offset, key, name in ((-width, "train_acc_at_val_threshold", "train"), (0, "val_acc_at_val_threshold", "validation"), (width, test_key, "test")):
         values = np.array([r[key] for r in rows], dtype=float)
         error = None
-        if key == "test_acc" and all(r.get("test_acc_ci_low") is not None for r in rows):
-            error = np.array([[v - r["test_acc_ci_low"] for v, r in zip(values, rows)], [r["test_acc_ci_high"] - v for v, r in zip(values, rows)]])
+        if key == test_key and all(r.get(f"{test_key}_ci_low") is not None for r in rows):
+            error = np.array([[v - r[f"{test_key}_ci_low"] for v, r in zip(values, rows)], [r[f"{test_key}_ci_high"] - v for v, r in zip(values, rows)]])
         acc_ax.bar(x + offset, values, width, label=name + (" (95 % CI)" if error is not None else ""), yerr=error, capsize=3)
         spreads = [r.get("seed_spread") or {} for r in rows]
-        if key != "train_acc" and any(sp.get("n", 1) > 1 for sp in spreads):
+        if key != "train_acc_at_val_threshold" and any(sp.get("n", 1) > 1 for sp in spreads):
             acc_ax.errorbar(x + offset + width / 4, [sp.get(f"{key}_mean", np.nan) for sp in spreads], yerr=[sp.get(f"{key}_sd", 0) for sp in spreads],
                             fmt="o", color="black", markersize=3, capsize=2, label=f"{name}: mean +- sd over seeds")
     acc_ax.set_xticks(x, names, rotation=20, ha="right")
     acc_ax.set_ylim(0, 1)
     acc_ax.set_ylabel("accuracy")
-    acc_ax.set_title("accuracy of the kept model")
+    acc_ax.set_title("accuracy of the kept model at its threshold")
     acc_ax.legend(loc="lower center", ncol=2, fontsize=7, framealpha=0.9)
     train_s = np.array([r["train_time_s"] for r in rows], dtype=float)
     time_ax.bar(x, train_s, color="grey", label="train run's wall clock")
@@ -255,6 +282,38 @@ def accuracy_and_time_figure(rows: list[dict]):
     time_ax.set_ylabel("seconds")
     time_ax.set_title("training time")
     time_ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def gap_waterfall_figure(gap: dict[str, dict]):
+    """Per model, validation accuracy stepping down to test accuracy cause by cause (accuracy at
+    the model's threshold; each step with its 95 % interval): where the gap comes from."""
+    names = list(gap)
+    fig, axes = plots.plt.subplots(1, max(1, len(names)), figsize=(4.6 * max(1, len(names)), 4.2), squeeze=False)
+    causes = [("leakage", "leakage"), ("prevalence", "prevalence"), ("residual", "residual"), ("seen_in_test", "seen in test")]
+    for ax, name in zip(axes.flat, names):
+        g = gap[name]
+        level = 100 * g["threshold"]["val_acc_at_threshold"]
+        ax.bar(0, level, color="tab:blue", width=0.6)
+        for k, (cause, words) in enumerate(causes, start=1):
+            c = g["causes"][cause]
+            step = -c["value"]  # a cause that widens the gap lowers the level
+            colour = "tab:red" if c["verdict"] == "supported" else "tab:green" if c["verdict"] == "against" else "lightgrey"
+            ax.bar(k, step, bottom=level, color=colour, width=0.6)
+            if np.isfinite(c["ci_low"]):
+                ax.errorbar(k, level + step, yerr=[[c["ci_high"] - c["value"]], [c["value"] - c["ci_low"]]], color="black", capsize=3)
+            top = max(level, level + step, level - c["ci_low"] if np.isfinite(c["ci_low"]) else level)
+            ax.text(k, top + 0.3, f"{c['value']:+.1f}\n{c['verdict']}", ha="center", va="bottom", fontsize=6)
+            level += step
+        ax.bar(len(causes) + 1, 100 * g["threshold"]["test_acc_at_threshold"], color="tab:blue", width=0.6)
+        ax.set_xticks(range(len(causes) + 2), ["val acc"] + [w for _, w in causes] + ["test acc"], rotation=30, ha="right", fontsize=7)
+        low = 100 * min(g["threshold"]["val_acc_at_threshold"], g["threshold"]["test_acc_at_threshold"]) - 15
+        ax.set_ylim(max(0, low), 101)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{name}\nthreshold {g['threshold']['operating_threshold']:.3g}", fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("validation to test, cause by cause (red: supported, green: against, grey: ruled out or undecided; bars: 95 % intervals)", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -298,8 +357,17 @@ def figure_png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def html_page(title: str, rows: list[dict], pairs: list[dict], figures: dict[str, bytes], analysis_markdown: str, findings: list[str]) -> str:
-    """One self-contained page: the table, the paired tests, the figures (embedded) and the analysis."""
+def _verdict_cells(v: dict) -> list[str]:
+    size = "" if v["value"] is None else f"{v['value']:.3g} [{v['ci_low']:.3g}, {v['ci_high']:.3g}]"
+    rate = "" if v["false_cause_rate"] is None else f"{v['false_cause_rate']:.2f}"
+    return [v["model"], v["cause"], size, v["verdict"], rate]
+
+
+def html_page(title: str, rows: list[dict], pairs: list[dict], figures: dict[str, bytes], analysis_markdown: str, findings: list[str],
+              verdicts: list[dict]) -> str:
+    """One self-contained page: the answer (the verdicts), the table, the paired tests, the
+    figures (embedded) and the analysis."""
+    verdict_rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in _verdict_cells(v)) + "</tr>" for v in verdicts)
     columns = [(k, t) for k, t in COLUMNS if k != "seeds" or any(r.get("seed_spread", {}).get("n", 1) > 1 for r in rows)]
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(k, r))}</td>" for k, _ in columns) + "</tr>" for r in rows)
@@ -315,6 +383,7 @@ def html_page(title: str, rows: list[dict], pairs: list[dict], figures: dict[str
         for name, png in figures.items()
     )
     items = "".join(f"<li>{html.escape(f)}</li>" for f in findings)
+    pair_method = f"accuracy by {pairs[0]['acc']['method']}, AUC by {pairs[0]['auc']['method']}" if pairs else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -325,11 +394,13 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }}
 pre {{ background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
+<h2>The answer: why the test set disagrees</h2>
+<table id="verdicts"><thead><tr><th>model</th><th>cause</th><th>size [95 % CI]</th><th>verdict</th><th>false-cause rate (this design)</th></tr></thead><tbody>{verdict_rows}</tbody></table>
 <h2>Configurations</h2>
 <table id="comparison"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 <p>{html.escape(TABLE_NOTES)}</p>
 <h2>Can this test set tell them apart?</h2>
-<p>Paired on the same test images: McNemar's exact test (accuracy), DeLong's test (AUC); p-values with their Holm adjustment in brackets; distinguishable when the adjusted p &lt; 0.05.</p>
+<p>Paired on the same test images, each model at its own threshold: {html.escape(pair_method)}; p-values with their Holm adjustment in brackets; distinguishable when the adjusted p &lt; 0.05.</p>
 <table id="pairwise"><thead><tr><th>A</th><th>B</th><th>accuracy A / B</th><th>p (Holm)</th><th>accuracy distinguishable</th><th>AUC A / B</th><th>p (Holm)</th><th>AUC distinguishable</th></tr></thead><tbody>{pair_rows}</tbody></table>
 <h2>Why the test set disagrees</h2>
 <ul id="findings">{items}</ul>

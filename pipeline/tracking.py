@@ -355,6 +355,8 @@ def comparison(compare_run_id: str) -> list[dict]:
             "main_run_id": config.info.run_id,
             "train_run_id": train.info.run_id,
             "evaluate_run_id": evaluate.info.run_id,
+            "interval_method": evaluate.data.tags.get("interval_method"),
+            "shortcut_verdict": evaluate.data.tags.get("shortcut_verdict"),
             "history": history,
             "test_predictions": predictions["test"],
             "val_predictions": predictions["val"],
@@ -365,8 +367,12 @@ def comparison(compare_run_id: str) -> list[dict]:
 # What the report reads from each evaluate run (a run from before a metric existed lacks it: None).
 COMPARED_METRICS = (
     "train_acc", "val_acc", "val_auc", "test_acc", "test_auc", "test_sensitivity", "test_specificity", "val_threshold",
+    "train_acc_at_val_threshold", "val_acc_at_val_threshold",
+    *(f"test_{m}_at_val_threshold" for m in ("acc", "sensitivity", "specificity")),
     *(f"test_{m}_ci_{side}" for m in ("acc", "auc", "sensitivity", "specificity") for side in ("low", "high")),
-    *(f"test_auc_{hidden}{suffix}" for hidden in ("lungs_hidden", "outside_hidden") for suffix in ("", "_ci_low", "_ci_high")),
+    *(f"test_{m}_at_val_threshold_ci_{side}" for m in ("acc", "sensitivity", "specificity") for side in ("low", "high")),
+    *(f"test_auc_{name}{suffix}" for name in ("lungs_hidden", "outside_hidden", "lungs_hidden_fill_visible", "outside_hidden_fill_visible",
+                                              "loss_outside_hidden", "loss_outside_hidden_fill_visible") for suffix in ("", "_ci_low", "_ci_high")),
     "saliency_in_lung_box",
 )
 

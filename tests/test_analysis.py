@@ -44,7 +44,7 @@ def planted(tmp_path_factory):
 
 def test_exact_and_near_duplicates_across_splits_are_exactly_the_planted_ones(planted):
     rows, images, source = planted
-    leak = analysis.leakage(rows, images, DEFAULT_PATIENT_PATTERN)
+    leak = analysis.leakage(rows, DEFAULT_PATIENT_PATTERN)
     (group,) = leak["exact_duplicates_across_splits"]
     assert {f["path"] for f in group["files"]} == {f"train/NORMAL/{source}", "test/NORMAL/copy-of-train.png"}
     pairs = {(p["file_a"], p["file_b"]) for p in leak["near_duplicates_across_splits"]}
@@ -58,7 +58,7 @@ def test_exact_and_near_duplicates_across_splits_are_exactly_the_planted_ones(pl
 
 def test_patient_overlap_uses_the_infection_type(planted):
     rows, images, _ = planted
-    leak = analysis.leakage(rows, images, DEFAULT_PATIENT_PATTERN)
+    leak = analysis.leakage(rows, DEFAULT_PATIENT_PATTERN)
     overlap = leak["patients"]["overlap"]
     assert [p["patient"] for p in overlap["train-test"]["patients"]] == ["person900_bacteria"]
     assert overlap["train-val"]["n_patients"] == 0 and overlap["val-test"]["n_patients"] == 0
@@ -96,7 +96,7 @@ def test_label_noise_candidates_are_the_images_every_model_confidently_gets_wron
 def test_findings_cite_the_numbers(planted):
     rows, images, _ = planted
     study = {
-        "leakage": analysis.leakage(rows, images, DEFAULT_PATIENT_PATTERN),
+        "leakage": analysis.leakage(rows, DEFAULT_PATIENT_PATTERN),
         "shift": {"class_balance": analysis.class_balance(rows, "PNEUMONIA"), "image_statistics": analysis.image_statistics(rows, images),
                   "domain_auc": 0.83, "domain_features": "resnet18 (none-seed42)"},
         "label_noise_candidates": [{"file": "x.png", "true_label": "NORMAL", "mean_probability_of_wrong_class": 0.9}],

@@ -6,11 +6,11 @@ from pipeline.data.checks import (
     data_report,
     describe_duplicates,
     describe_patients,
-    patient_id,
     read_manifest,
     render_report,
     write_manifest,
 )
+from pipeline.data.units import patient_of
 
 
 def row(path, split, label="NORMAL", content_hash=None):
@@ -19,12 +19,12 @@ def row(path, split, label="NORMAL", content_hash=None):
 
 def test_patient_keys_of_both_kinds_of_kaggle_names():
     pattern = re.compile(DEFAULT_PATIENT_PATTERN)
-    assert patient_id("train/PNEUMONIA/person1_bacteria_1.jpeg", pattern) == "person1_bacteria"
-    assert patient_id("person1_virus_6.jpeg", pattern) == "person1_virus"
-    assert patient_id("IM-0115-0001.jpeg", pattern) == "IM-0115"
-    assert patient_id("IM-0115-0001-0002.jpeg", pattern) == "IM-0115"
-    assert patient_id("NORMAL2-IM-0587-0001-0002.jpeg", pattern) == "NORMAL2-IM-0587"
-    assert patient_id("scan_0001.png", pattern) is None
+    assert patient_of("train/PNEUMONIA/person1_bacteria_1.jpeg", "", pattern) == "person1_bacteria"
+    assert patient_of("person1_virus_6.jpeg", "", pattern) == "person1_virus"
+    assert patient_of("IM-0115-0001.jpeg", "", pattern) == "IM-0115"
+    assert patient_of("IM-0115-0001-0002.jpeg", "", pattern) == "IM-0115"
+    assert patient_of("NORMAL2-IM-0587-0001-0002.jpeg", "", pattern) == "NORMAL2-IM-0587"
+    assert patient_of("scan_0001.png", "", pattern) is None
 
 
 def test_bacteria_and_virus_with_the_same_number_are_different_children():
@@ -75,7 +75,7 @@ def test_manifest_round_trip(tmp_path):
     rows = [row("train/NORMAL/a.png", "train"), row("test/PNEUMONIA/b.png", "test", "PNEUMONIA")]
     write_manifest(rows, tmp_path / "m.csv")
     assert read_manifest(tmp_path / "m.csv") == rows
-    assert (tmp_path / "m.csv").read_text().splitlines()[0] == "path,split,label,width,height,mode,content_hash,patient"
+    assert (tmp_path / "m.csv").read_text().splitlines()[0] == "path,split,label,width,height,mode,content_hash,patient,phash"
 
 
 def test_report_counts_balance_and_lists():

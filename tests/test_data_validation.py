@@ -1,5 +1,6 @@
 """Validation that shares no patient and no identical image with train: chosen, split and reported."""
 
+import re
 import shutil
 from collections import Counter
 
@@ -8,9 +9,10 @@ import pytest
 
 from pipeline.config import DEFAULT_PATIENT_PATTERN, DataConfig, UserError
 from pipeline.data import prepare_dataset
-from pipeline.data.checks import patient_id, patients_by_split
+from pipeline.data.checks import patients_by_split
+from pipeline.data.units import patient_of, unit_groups
 from pipeline.data.sources import SourceImage
-from pipeline.data.validation import MIN_VAL_PER_CLASS, choose_validation, leakage_groups, split_by_patient
+from pipeline.data.validation import MIN_VAL_PER_CLASS, choose_validation, split_by_patient
 
 from conftest import KERMANY, make_dataset
 
@@ -69,7 +71,7 @@ def test_patient_split_keeps_every_patient_and_every_identical_image_on_one_side
     split, how = split_by_patient(pool, hashes, CLASSES, 0.2, seed=3, pattern=DEFAULT_PATIENT_PATTERN)
     sides = {}
     for image, content in zip(split, hashes):
-        for key in (patient_id(image.relpath, __import__("re").compile(DEFAULT_PATIENT_PATTERN)), content):
+        for key in (patient_of(image.relpath, "", re.compile(DEFAULT_PATIENT_PATTERN)), content):
             if key:
                 sides.setdefault(key, set()).add(image.split)
     assert all(len(s) == 1 for s in sides.values()), [k for k, s in sides.items() if len(s) > 1][:5]
@@ -87,9 +89,10 @@ def test_patient_split_keeps_every_patient_and_every_identical_image_on_one_side
 
 def test_without_a_pattern_only_identical_images_are_grouped():
     pool, hashes = kaggle_like(30)
-    groups = leakage_groups(pool, hashes, "")
+    groups = unit_groups([None] * len(pool), hashes)
     assert len(set(groups)) == len(pool) - 2  # three files share one picture
-    with_patients = leakage_groups(pool, hashes, DEFAULT_PATIENT_PATTERN)
+    compiled = re.compile(DEFAULT_PATIENT_PATTERN)
+    with_patients = unit_groups([patient_of(i.relpath, "", compiled) for i in pool], hashes)
     assert len(set(with_patients)) < len(set(groups))
 
 

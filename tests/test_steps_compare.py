@@ -11,6 +11,7 @@ from pipeline import tracking
 from pipeline.config import CompareConfig, DataConfig, FitConfig, MainConfig, TuneConfig, UserError
 from pipeline.engine import Diverged
 from pipeline.steps import compare
+from pipeline.steps.main import Outcome
 
 from conftest import ask_served_model, make_dataset, mlflow_run, runs_of
 
@@ -52,7 +53,8 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
         assert float(row["lr"]) == float(trained.data.params["lr_resolved"] if "lr_resolved" in trained.data.params else trained.data.params["lr"])
     assert {r["train_seed"] for r in table} == {"auto", "43"}
     page = open(f"{files}/comparison.html").read()
-    assert page.count("data:image/png;base64,") == 7 and '<table id="comparison">' in page and '<table id="pairwise">' in page
+    assert page.count("data:image/png;base64,") == 8 and '<table id="comparison">' in page and '<table id="pairwise">' in page
+    assert '<table id="verdicts">' in page
     study = json.load(open(f"{files}/analysis/analysis.json"))
     assert study["findings"] and 0 <= study["shift"]["domain_auc"] <= 1
     assert study["leakage"]["patients"]["overlap"]["train-test"]["n_patients"] == 0
@@ -62,7 +64,11 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
     assert set(study["seeds"]) == {"resnet18 (frozen)", "resnet18 (finetune)"} and all(v["n"] == 2 for v in study["seeds"].values())
     for name, gap in study["gap"].items():
         causes = gap["causes"]
-        assert causes["gap"]["value"] == pytest.approx(causes["leakage"]["value"] + causes["prevalence"]["value"] + causes["residual"]["value"])
+        parts = ("leakage", "prevalence", "residual", "seen_in_test")
+        assert causes["gap"]["value"] == pytest.approx(sum(causes[k]["value"] for k in parts))
+        assert set(study["false_cause_rates"]["rates"][name]) == set(parts)
+        assert gap["threshold"]["operating_threshold"] == mlflow.get_run(
+            next(r["train_run_id"] for r in table if f"{r['backbone']} ({r['mode']})" == name and r["seed_index"] == "0")).data.metrics["operating_threshold"]
     assert set(study["shortcuts"]) == {"resnet18 (frozen)", "resnet18 (finetune)"}
     assert all(0 <= s["saliency_in_lung_box"] <= 1 for s in study["shortcuts"].values())
     for mode in ("frozen", "finetune"):
@@ -70,6 +76,9 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
     assert "## Shortcut check" in open(f"{files}/analysis/analysis.md").read()
     markdown = open(f"{files}/comparison.md").read()
     assert "## Findings" in markdown and "## Can this test set tell them apart?" in markdown and "mean +- sd" in markdown
+    # The report leads with the answer: the waterfall and the verdicts, each with its false-cause rate.
+    assert markdown.index("## The answer: why the test set disagrees") < markdown.index("## The configurations")
+    assert "(gap_waterfall.png)" in markdown and "| resnet18 (frozen) | leakage |" in markdown and "simulated studies of this design" in markdown
     findings = "\n".join(study["findings"])
     assert "distinguishable" in findings and "p = " in findings and "validation - test gap" in findings
     # The registry: one model for the data set, a version per configuration (first seeds) with its
@@ -85,8 +94,8 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
     for v in versions:
         card = v.description
         assert card.startswith("# Model card: resnet18") and run.data.tags["registered_model"][-8:] in card
-        for words in ("## Test figures (95 % intervals)", "## Operating point and calibration", "## Shortcut check", "## Known limits", "paediatric",
-                      "threshold", "lungs hidden"):
+        for words in ("## Test figures at the operating threshold", "at 0.5, for comparison only", "## Operating point and calibration",
+                      "## Shortcut check", "## Known limits", "paediatric", "visible part's mean", "- verdict: "):
             assert words in card, words
     assert "## Findings" in run.data.tags["mlflow.note.content"] and "| mode | backbone |" in run.data.tags["mlflow.note.content"]
     image = base64.b64encode(sorted((data / "test" / "NORMAL").iterdir())[0].read_bytes()).decode()
@@ -122,6 +131,21 @@ def test_a_diverging_configuration_is_skipped_and_said(store, tmp_path, monkeypa
     next((data / "test" / "NORMAL").iterdir()).unlink()
     with pytest.raises(UserError, match="changed since compare run"):
         compare.run(DataConfig(), FitConfig(), MainConfig(), TuneConfig(), CompareConfig(report_for=run_id))
+
+
+def test_further_seeds_count_from_the_first_seed_trained(store, monkeypatch):
+    # Issue 19, case 10: with train_seed = seed + 1, seed + k gave the first seed twice.
+    trained = []
+
+    def record(data, model, fit, *args):
+        trained.append(fit.train_seed)
+        return Outcome(run_id=mlflow.active_run().info.run_id, lr=0.01)
+
+    monkeypatch.setattr(compare, "run_configuration", record)
+    with tracking.step_run("compare"):
+        compare.run_configurations(DataConfig(seed=42), FitConfig(train_seed=43, lr=0.01), MainConfig(tune_trials=0), TuneConfig(),
+                                   CompareConfig(backbones=("resnet18",), modes=("frozen",), seeds=3))
+    assert trained == [43, 44, 45]
 
 
 def test_report_for_needs_a_compare_run(store):

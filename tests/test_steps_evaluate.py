@@ -82,11 +82,16 @@ def test_metrics_match_scikit_learn(fixed_train_run, tmp_path):
     for plot in ("confusion_matrix", "roc_curve"):
         assert open(f"{files}/plots/{plot}.png", "rb").read(4) == b"\x89PNG"
     assert open(f"{files}/plots/occlusion.png", "rb").read(4) == b"\x89PNG"
-    # The shortcut check: the same model on the test set with the lung box hidden, then all but it.
+    # The shortcut check: the same model on the test set with the lung box hidden, then all but it,
+    # filled with the training set's mean grey and with the visible part's mean.
+    grey = float(np.mean([img.mean() for img in data.images("train").astype(np.float64)]))
     for name, hide in (("lungs_hidden", hide_lungs), ("outside_hidden", hide_outside)):
-        auc = skm.roc_auc_score(y["test"], p_pneumonia(hide(data.images("test"))))
-        assert logged[f"test_auc_{name}"] == pytest.approx(auc, abs=1e-4)
-        assert logged[f"test_auc_{name}_ci_low"] <= logged[f"test_auc_{name}"] <= logged[f"test_auc_{name}_ci_high"]
+        for suffix, fill in (("", grey), ("_fill_visible", None)):
+            auc = skm.roc_auc_score(y["test"], p_pneumonia(hide(data.images("test"), fill)))
+            assert logged[f"test_auc_{name}{suffix}"] == pytest.approx(auc, abs=1e-4), name + suffix
+            assert logged[f"test_auc_{name}{suffix}_ci_low"] <= logged[f"test_auc_{name}{suffix}"] <= logged[f"test_auc_{name}{suffix}_ci_high"]
+    assert logged["test_auc_loss_outside_hidden"] == pytest.approx(logged["test_auc"] - logged["test_auc_outside_hidden"])
+    assert run.data.tags["shortcut_verdict"] in ("lung_box", "without_lung_box", "cannot_tell")
     rows = list(csv.DictReader(open(f"{files}/predictions/test.csv")))
     assert len(rows) == 24 and set(rows[0]) >= {"file", "true_label", "probability", "predicted_label"}
     assert [float(r["probability"]) for r in rows] == pytest.approx(p["test"].tolist(), abs=1e-5)
@@ -119,6 +124,13 @@ def test_intervals_are_exact_for_proportions_and_bootstrap_for_auc(fixed_train_r
         assert (logged[f"test_{name}_ci_low"], logged[f"test_{name}_ci_high"]) == pytest.approx((low, high), abs=1e-6), name
     assert logged["test_auc_ci_low"] <= logged["test_auc"] <= logged["test_auc_ci_high"]
     assert logged["test_auc_ci_high"] - logged["test_auc_ci_low"] > 0.01
+    # The figures the model is used at: at its operating threshold, with intervals of their own.
+    at = p >= logged["val_threshold"]
+    k, n = int((at == (y == 1)).sum()), len(y)
+    assert logged["test_acc_at_val_threshold"] == k / n
+    assert logged["test_acc_at_val_threshold_ci_low"] == pytest.approx(stats.beta.ppf(0.025, k, n - k + 1) if k else 0.0, abs=1e-6)
+    assert mlflow.get_run(mlflow.search_runs(filter_string="tags.step = 'evaluate'", output_format="list")[0].info.run_id).data.tags[
+        "interval_method"].startswith("exact (one image per patient)")
 
 
 def test_images_of_patients_seen_in_training_are_scored_apart(store, tmp_path):
@@ -139,11 +151,14 @@ def test_images_of_patients_seen_in_training_are_scored_apart(store, tmp_path):
     files = prep.data.files("test")
     seen = np.array([f.endswith(("_900.png", "_901.png", "scan-copy.png")) for f in files])
     y, p = prep.data.labels("test"), p_pneumonia(prep.data.images("test"))
-    right = (p >= 0.5) == (y == 1)
+    right = (p >= logged["val_threshold"]) == (y == 1)  # as the model is used
     assert (logged["test_n_seen_patients"], logged["test_n_unseen_patients"]) == (3, len(files) - 3)
     assert logged["test_acc_unseen_patients"] == pytest.approx(right[~seen].mean())
     assert logged["test_acc_seen_patients"] == pytest.approx(right[seen].mean())
-    assert logged["val_n_seen_patients"] == 0 and logged["val_acc_unseen_patients"] == pytest.approx(logged["val_acc"])
+    assert logged["val_n_seen_patients"] == 0 and logged["val_acc_unseen_patients"] == pytest.approx(logged["val_acc_at_val_threshold"])
+    # A patient with two test images: intervals resample patients, and say so.
+    evaluated = mlflow.search_runs(filter_string="tags.step = 'evaluate'", output_format="list")[0]
+    assert evaluated.data.tags["interval_method"].startswith(f"patient bootstrap ({len(files) - 1} patients")
 
 
 def test_a_model_that_cannot_move_to_the_device_is_scored_on_the_cpu_and_says_so(monkeypatch):

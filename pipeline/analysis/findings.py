@@ -6,7 +6,7 @@ from itertools import combinations
 
 import numpy as np
 
-from pipeline.analysis.shortcuts import LUNG_BOX, shortcut_finding
+from pipeline.analysis.shortcuts import LUNG_BOX, shortcut_finding, shortcut_verdict
 from pipeline.data.checks import SPLIT_ORDER
 
 
@@ -15,30 +15,40 @@ def _interval(c: dict, unit: str = " points") -> str:
 
 
 CAUSE_WORDS = {
-    "leakage": "patients (or identical images) shared by train and validation",
-    "prevalence": "the different class balance of validation and test at a fixed threshold",
-    "residual": "what balance and leakage leave unexplained (distribution shift, label noise, chance)",
+    "leakage": "validation images of patients (or pictures) train also holds, scored better than unseen images of the same class",
+    "prevalence": "the different class balance of validation and test at the model's threshold",
+    "residual": ("what balance and leakage leave unexplained: distribution shift, label noise and chance, and the optimism of choosing "
+                 "the epoch, the learning rate and the threshold on this same validation set"),
+    "seen_in_test": "test images of patients (or pictures) train holds, which lift test accuracy",
 }
+CAUSE_NAMES = {"leakage": "leakage", "prevalence": "prevalence", "residual": "residual", "seen_in_test": "seen in test"}
+
+
+def _untested(test: dict) -> str:
+    return f"cannot be tested ({test['untestable']})" if test.get("untestable") else ""
 
 
 def comparison_findings(analysis: dict) -> list[str]:
     """Which differences between models this test set can tell apart, with the p-values."""
     out = []
     pairs = analysis.get("pairwise") or []
-    for metric, test in (("acc", "McNemar's exact test"), ("auc", "DeLong's test")):
-        told = [p for p in pairs if p[metric]["distinguishable"]]
+    for metric in ("acc", "auc"):
         if not pairs:
             break
-        name = "Accuracy" if metric == "acc" else "AUC"
+        told = [p for p in pairs if p[metric]["distinguishable"]]
+        name = "Accuracy at each model's threshold" if metric == "acc" else "AUC"
         parts = []
         for p in pairs:
             a, b = (p["acc_a"], p["acc_b"]) if metric == "acc" else (p["auc"]["auc_a"], p["auc"]["auc_b"])
-            parts.append(f"{p['a']} {a:.3f} vs {p['b']} {b:.3f}: p = {p[metric]['p_value']:.3g} (Holm {p[metric]['p_holm']:.3g}), "
-                         + ("distinguishable" if p[metric]["distinguishable"] else "not distinguishable"))
-        out.append(f"{name} ({test}, paired on the same test images): {len(told)} of {len(pairs)} pairs differ beyond chance "
+            verdict = _untested(p[metric]) or (
+                f"p = {p[metric]['p_value']:.3g} (Holm {p[metric]['p_holm']:.3g}), "
+                + ("distinguishable" if p[metric]["distinguishable"] else "not distinguishable"))
+            parts.append(f"{p['a']} {a:.3f} vs {p['b']} {b:.3f}: {verdict}")
+        method = pairs[0][metric].get("method", "")
+        out.append(f"{name} ({method}, paired on the same test images): {len(told)} of {len(pairs)} pairs differ beyond chance "
                    f"at 5 % after Holm's correction; " + "; ".join(parts) + ".")
     for name, spread in (analysis.get("seeds") or {}).items():
-        out.append(f"Over {spread['n']} training seeds {name} scores test accuracy {spread['test_acc_mean']:.3f} +- {spread['test_acc_sd']:.3f} "
+        out.append(f"Over {spread['n']} training seeds {name} scores test accuracy {spread['test_acc_at_val_threshold_mean']:.3f} +- {spread['test_acc_at_val_threshold_sd']:.3f} "
                    f"(mean +- sd) and AUC {spread['test_auc_mean']:.3f} +- {spread['test_auc_sd']:.3f}.")
     return out
 
@@ -49,17 +59,26 @@ def gap_findings(analysis: dict) -> list[str]:
     verdicts: dict[str, dict[str, list[str]]] = {c: {} for c in CAUSE_WORDS}
     for name, g in (analysis.get("gap") or {}).items():
         c = g["causes"]
+        t = g["threshold"]
+        optimism = c["threshold_optimism"]["value"]
         out.append(
-            f"{name}: validation - test gap {_interval(c['gap'])} = leakage {_interval(c['leakage'])} + prevalence {_interval(c['prevalence'])} "
-            f"+ residual {_interval(c['residual'])} (95 % bootstrap intervals). A threshold chosen on test would add {c['threshold_oracle']['value']:.1f} points "
-            f"(oracle, to explain only: the threshold used comes from validation)."
+            f"{name}: at its threshold {t['operating_threshold']:.3g}, validation - test gap {_interval(c['gap'])} = leakage {_interval(c['leakage'])} "
+            f"+ prevalence {_interval(c['prevalence'])} + residual {_interval(c['residual'])} + seen in test {_interval(c['seen_in_test'])} "
+            f"(95 % intervals, {g['interval_method']}). The residual also holds the optimism of choices made on validation: choosing the "
+            + (f"threshold there adds {optimism:+.1f} points to validation accuracy (against a threshold chosen on other folds); "
+               if np.isfinite(optimism) else "threshold's share could not be measured (too few patients to fold); ")
+            + "the epoch's and the learning rate's shares are not measured. "
+            f"A threshold chosen on test would add {c['threshold_oracle']['value']:.1f} points (an oracle, to explain only)."
         )
+        if np.sign(c["prevalence_at_val_rates"]["value"]) * np.sign(c["prevalence_at_test_rates"]["value"]) < 0:
+            out.append(f"{name}: the class balance's effect depends on whose rates are held fixed ({c['prevalence_at_val_rates']['value']:+.1f} points "
+                       f"at validation's, {c['prevalence_at_test_rates']['value']:+.1f} at test's): undecided.")
         for cause in CAUSE_WORDS:
             verdicts[cause].setdefault(c[cause]["verdict"], []).append(name)
         seen, unseen = g["patients"]["test_acc_seen_patients"], g["patients"]["test_acc_unseen_patients"]
         if seen["n"]:
             out.append(
-                f"{name}: {seen['n']} test images belong to patients (or are pictures) train also holds; accuracy on them "
+                f"{name}: {seen['n']} test images belong to patients (or are pictures or near-copies) train also holds; accuracy on them "
                 f"{seen['value']:.3f} [{seen['low']:.3f}, {seen['high']:.3f}], on the {unseen['n']} others {unseen['value']:.3f} "
                 f"[{unseen['low']:.3f}, {unseen['high']:.3f}]: the unseen figure is the one that measures diagnosis."
             )
@@ -82,7 +101,48 @@ def gap_findings(analysis: dict) -> list[str]:
             out.append(f"Working against the gap (raising test accuracy): {words}, for {', '.join(by_verdict['against'])}.")
         if by_verdict.get("undecided"):
             out.append(f"Not decided by this data (interval spans 0 and more than 2 points): {words}, for {', '.join(by_verdict['undecided'])}.")
+        if by_verdict.get("cannot tell"):
+            out.append(f"Not measurable here (a class has no unseen image): {words}, for {', '.join(by_verdict['cannot tell'])}.")
     return out
+
+
+def verdict_rows(analysis: dict) -> list[dict]:
+    """The answer, per model: each cause's size, interval, verdict and that verdict's false-cause
+    rate measured on null studies of this design; and the shortcut check's verdict."""
+    rates = (analysis.get("false_cause_rates") or {}).get("rates", {})
+    rows = []
+    for name, g in (analysis.get("gap") or {}).items():
+        for cause in CAUSE_WORDS:
+            c = g["causes"][cause]
+            rows.append({"model": name, "cause": CAUSE_NAMES[cause], "value": c["value"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+                         "verdict": c["verdict"], "false_cause_rate": rates.get(name, {}).get(cause)})
+    for name, check in (analysis.get("shortcuts") or {}).items():
+        kind, _ = shortcut_verdict(check)
+        hidden = check.get("lungs_hidden", {})
+        rows.append({"model": name, "cause": "shortcut (AUC with the lung box hidden)", "value": hidden.get("value"), "ci_low": hidden.get("ci_low"),
+                     "ci_high": hidden.get("ci_high"), "verdict": kind.replace("_", " "), "false_cause_rate": None})
+    return rows
+
+
+def verdicts_markdown(analysis: dict) -> str:
+    rows = verdict_rows(analysis)
+    if not rows:
+        return ""
+    studies = (analysis.get("false_cause_rates") or {}).get("studies")
+    lines = [
+        "| model | cause | size (accuracy points; AUC for the shortcut) [95 % CI] | verdict | false-cause rate |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        size = "" if r["value"] is None else (f"{r['value']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]" if "shortcut" not in r["cause"]
+                                               else f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+        rate = f"{r['false_cause_rate']:.2f}" if r["false_cause_rate"] is not None else "see benchmarks/RESULTS.md (verdict check)"
+        lines.append(f"| {r['model']} | {r['cause']} | {size} | {r['verdict']} | {rate} |")
+    note = (f"False-cause rate: how often this verdict names a cause (supported or against) in {studies} simulated studies of this design "
+            "(these sizes, class balances, seen shares and patients) where no cause is present; measured in this run. "
+            if studies else "")
+    return "\n".join(lines) + "\n\n" + note + (
+        "The shortcut verdict's rates are measured on generated images by `python benchmarks/verdicts.py`.\n")
 
 
 def findings(analysis: dict) -> list[str]:
@@ -91,8 +151,7 @@ def findings(analysis: dict) -> list[str]:
     for name, reason in (analysis.get("skipped_configurations") or {}).items():
         out.append(f"{name} was skipped: {reason}.")
     out += comparison_findings(analysis)
-    out += [shortcut_finding(name, s["lungs_hidden"], s["outside_hidden"], s["full"], s.get("saliency_in_lung_box"))
-            for name, s in (analysis.get("shortcuts") or {}).items()]
+    out += [shortcut_finding(name, s, s.get("saliency_in_lung_box")) for name, s in (analysis.get("shortcuts") or {}).items()]
     out += gap_findings(analysis)
     errors = analysis.get("errors", {})
     if errors:
@@ -150,7 +209,8 @@ def findings(analysis: dict) -> list[str]:
 
 
 def render(analysis: dict, max_listed: int = 30) -> str:
-    lines = ["# Test-set analysis", "", "## Findings", ""] + [f"- {f}" for f in analysis["findings"]]
+    lines = ["# Test-set analysis", "", "## The answer: each cause's verdict", "", verdicts_markdown(analysis), "## Findings", ""]
+    lines += [f"- {f}" for f in analysis["findings"]]
     leak = analysis["leakage"]
     lines += ["", "## Leakage", "", "| splits | shared patients | exact duplicate groups | near-duplicate pairs |", "|---|---|---|---|"]
     patients = leak["patients"].get("overlap", {})
@@ -173,30 +233,38 @@ def render(analysis: dict, max_listed: int = 30) -> str:
         for name, e in analysis["errors"].items():
             lines.append(f"| {name} | {e['false_positives']} | {e['false_negatives']} | {e['val_acc']:.3f} | {e['test_acc']:.3f} | {e['val_minus_test_points']:.1f} |")
     if analysis.get("gap"):
-        lines += ["", "## The validation - test gap, cause by cause (accuracy points, 95 % intervals)", "",
-                  "| model | gap | leakage | prevalence | residual | threshold oracle | val acc seen / unseen patients | test acc seen / unseen patients | ECE val / test | overconfidence val / test |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "## The validation - test gap, cause by cause (accuracy points at each model's threshold, 95 % intervals)", "",
+                  "| model | gap | leakage | prevalence (val rates / test rates) | residual | seen in test | threshold optimism | threshold oracle "
+                  "| val acc seen / unseen | test acc seen / unseen | ECE val / test | overconfidence val / test |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for name, g in analysis["gap"].items():
             c, pt = g["causes"], g["patients"]
             seen = {split: " / ".join(f"{pt[k]['value']:.3f} (n {pt[k]['n']})" if pt[k]["n"] else "- (n 0)"
                                       for k in (f"{split}_acc_seen_patients", f"{split}_acc_unseen_patients")) for split in ("val", "test")}
             lines.append(
-                f"| {name} | {_interval(c['gap'], '')} | {_interval(c['leakage'], '')} {c['leakage']['verdict']} | {_interval(c['prevalence'], '')} {c['prevalence']['verdict']} "
-                f"| {_interval(c['residual'], '')} {c['residual']['verdict']} | {c['threshold_oracle']['value']:+.1f} | {seen['val']} | {seen['test']} "
+                f"| {name} | {_interval(c['gap'], '')} | {_interval(c['leakage'], '')} {c['leakage']['verdict']} "
+                f"| {_interval(c['prevalence'], '')} {c['prevalence']['verdict']} ({c['prevalence_at_val_rates']['value']:+.1f} / {c['prevalence_at_test_rates']['value']:+.1f}) "
+                f"| {_interval(c['residual'], '')} {c['residual']['verdict']} | {_interval(c['seen_in_test'], '')} {c['seen_in_test']['verdict']} "
+                f"| {c['threshold_optimism']['value']:+.1f} | {c['threshold_oracle']['value']:+.1f} | {seen['val']} | {seen['test']} "
                 f"| {g['calibration']['val']['ece']:.3f} / {g['calibration']['test']['ece']:.3f} | {c['overconfidence_val']['value']:+.1f} / {c['overconfidence_test']['value']:+.1f} |"
             )
-        lines += ["", "Threshold (never chosen on test): test accuracy at 0.5, at the validation threshold, and at the best test threshold (oracle):", ""]
+        lines += ["", f"Intervals: {next(iter(analysis['gap'].values()))['interval_method']}.", "",
+                  "Threshold (never chosen on test): test accuracy at 0.5, at the model's threshold (chosen on validation), and at the best test threshold (oracle):", ""]
         for name, g in analysis["gap"].items():
             t = g["threshold"]
-            lines.append(f"- {name}: {t['test_acc_at_0.5']:.3f} at 0.5; {t['test_acc_at_val_threshold']:.3f} at {t['val_threshold']:.3f} (validation); "
+            lines.append(f"- {name}: {t['test_acc_at_0.5']:.3f} at 0.5; {t['test_acc_at_threshold']:.3f} at {t['operating_threshold']:.3f} (validation); "
                          f"{t['oracle_test_acc']:.3f} at {t['oracle_threshold']:.3f} (oracle)")
     if analysis.get("shortcuts"):
         lines += ["", f"## Shortcut check (lung box x {LUNG_BOX[0]:.2f}-{LUNG_BOX[2]:.2f}, y {LUNG_BOX[1]:.2f}-{LUNG_BOX[3]:.2f} of the image)", "",
-                  "| model | test AUC | lungs hidden [95 % CI] | outside hidden [95 % CI] | Grad-CAM heat in the lung box |", "|---|---|---|---|---|"]
+                  "Hidden parts filled with the training set's mean grey, or with the mean of the part left visible.", "",
+                  "| model | test AUC | lungs hidden: training grey / visible mean | only the lungs shown: training grey / visible mean "
+                  "| AUC lost with only the lungs shown | verdict | Grad-CAM heat in the lung box |", "|---|---|---|---|---|---|---|"]
         for name, s in analysis["shortcuts"].items():
-            cell = lambda c: f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"  # noqa: E731
+            cell = lambda k: f"{s[k]['value']:.3f} [{s[k]['ci_low']:.3f}, {s[k]['ci_high']:.3f}]" if k in s else "-"  # noqa: E731
             share = f"{100 * s['saliency_in_lung_box']:.0f} %" if s.get("saliency_in_lung_box") is not None else "-"
-            lines.append(f"| {name} | {s['full']:.3f} | {cell(s['lungs_hidden'])} | {cell(s['outside_hidden'])} | {share} |")
+            lines.append(f"| {name} | {cell('full')} | {cell('lungs_hidden')} / {cell('lungs_hidden_fill_visible')} "
+                         f"| {cell('outside_hidden')} / {cell('outside_hidden_fill_visible')} | {cell('loss_outside_hidden')} "
+                         f"| {shortcut_verdict(s)[0].replace('_', ' ')} | {share} |")
     noise = analysis.get("label_noise_candidates") or []
     lines += ["", f"## Label-noise candidates: {len(noise)}", ""]
     lines += [f"- `{c['file']}` labelled {c['true_label']}, wrong class at {c['mean_probability_of_wrong_class']:.2f}" for c in noise[:max_listed]]

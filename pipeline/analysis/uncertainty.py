@@ -1,10 +1,15 @@
 """How sure a figure is, and whether two models differ: intervals and paired tests on one test set.
 
-- A proportion (accuracy, sensitivity, specificity) gets its exact Clopper-Pearson interval.
-- AUC has no exact interval: a seeded stratified bootstrap (2,000 resamples, the class counts
-  kept, so every resample has both classes) gives the percentile interval.
-- Two models scored on the same images are compared paired: McNemar's exact test on the images
-  one gets right and the other wrong (accuracy), DeLong's test on the correlated AUCs.
+Every interval comes from one `Resampling` of the images' units of independence (patients,
+identical and near-identical copies: `data/units.py`):
+
+- Where every unit is one image, a proportion (accuracy, sensitivity, specificity) gets its
+  exact Clopper-Pearson interval and two models are compared by McNemar's exact test
+  (accuracy) and DeLong's test (AUC), which assume independent images.
+- Where some unit holds several images, those tests would be too sure: every interval is the
+  percentile interval of a patient (cluster) bootstrap, and a paired difference is tested by
+  the same resamples (its p-value the interval inversion).
+- AUC has no exact interval: always the bootstrap (2,000 resamples, stratified, seeded).
 - Several pairs are tested at once, so p-values are also Holm-adjusted; a difference is called
   distinguishable when its adjusted p-value is below `ALPHA`.
 """
@@ -17,8 +22,9 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
+from pipeline.analysis.resampling import BOOTSTRAP_RESAMPLES, Resampling, bootstrap_p_value, percentile_interval, resampled_auc
+
 ALPHA = 0.05
-BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass(frozen=True)
@@ -41,37 +47,48 @@ def proportion_interval(successes: int, n: int, confidence: float = 0.95) -> Int
     return Interval(successes / n, float(ci.low), float(ci.high), int(n), "clopper-pearson")
 
 
-def auc_interval(y: np.ndarray, score: np.ndarray, seed: int, confidence: float = 0.95) -> Interval:
-    """Percentile interval of the AUC over stratified bootstrap resamples (each class resampled
-    within itself). Each resample's AUC is the Mann-Whitney statistic of its ranks, all at once."""
+def images_as_units(y: np.ndarray, seed: int, resamples: int = BOOTSTRAP_RESAMPLES) -> Resampling:
+    """The resampling of images whose patients are unknown: each image its own unit."""
+    return Resampling.of(None, np.asarray(y).astype(int), seed, resamples)
+
+
+def auc_interval(y: np.ndarray, score: np.ndarray, resampling: Resampling) -> Interval:
+    """The AUC and the percentile interval of its resampled values."""
     y, score = np.asarray(y).astype(int), np.asarray(score, dtype=float)
-    method = f"stratified bootstrap ({BOOTSTRAP_RESAMPLES} resamples, seed {seed})"
+    method = resampling.describe()
     if len(np.unique(y)) < 2:
         return Interval(float("nan"), float("nan"), float("nan"), len(y), method)
-    rng = np.random.default_rng(seed)
-    positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    n1, n0 = len(positives), len(negatives)
-    resampled = np.concatenate(
-        [score[rng.choice(positives, (BOOTSTRAP_RESAMPLES, n1))], score[rng.choice(negatives, (BOOTSTRAP_RESAMPLES, n0))]], axis=1
-    )
-    ranks = stats.rankdata(resampled, axis=1)  # ties share their mean rank, as in the AUC
-    samples = (ranks[:, :n1].sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(samples, [tail, 100 - tail])
-    return Interval(float(roc_auc_score(y, score)), float(low), float(high), len(y), method)
+    (samples,) = resampled_auc(resampling, y, score)
+    low, high = percentile_interval(samples)
+    return Interval(float(roc_auc_score(y, score)), low, high, len(y), method)
 
 
-def metric_intervals(y: np.ndarray, score: np.ndarray, threshold: float, seed: int) -> dict[str, Interval]:
+def share_interval(hits: np.ndarray, members: np.ndarray, resampling: Resampling) -> Interval:
+    """The share of `members` that are `hits`: exact where images are independent units, else
+    the patient bootstrap's percentile interval."""
+    hits, members = np.asarray(hits, bool), np.asarray(members, bool)
+    n, k = int(members.sum()), int((hits & members).sum())
+    if not resampling.clustered or n == 0:
+        exact = proportion_interval(k, n)
+        return Interval(exact.value, exact.low, exact.high, n, resampling.describe())
+    sums = resampling.resampled_sums(np.c_[hits & members, members])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low, high = percentile_interval(sums[:, 0] / sums[:, 1])
+    return Interval(k / n, low, high, n, resampling.describe())
+
+
+def metric_intervals(y: np.ndarray, score: np.ndarray, threshold: float, resampling: Resampling) -> dict[str, Interval]:
     """Accuracy, AUC, sensitivity and specificity of `score >= threshold` with 95 % intervals.
     `y` is 1 for the positive class."""
     y = np.asarray(y).astype(int)
-    predicted = (np.asarray(score) >= threshold).astype(int)
-    positives, negatives = y == 1, y == 0
+    called = np.asarray(score) >= threshold
+    right, positives = called == (y == 1), y == 1
+    everyone = np.ones(len(y), bool)
     return {
-        "acc": proportion_interval(int(np.sum(predicted == y)), len(y)),
-        "auc": auc_interval(y, score, seed),
-        "sensitivity": proportion_interval(int(np.sum(predicted[positives] == 1)), int(positives.sum())),
-        "specificity": proportion_interval(int(np.sum(predicted[negatives] == 0)), int(negatives.sum())),
+        "acc": share_interval(right, everyone, resampling),
+        "auc": auc_interval(y, score, resampling),
+        "sensitivity": share_interval(called, positives, resampling),
+        "specificity": share_interval(~called, ~positives, resampling),
     }
 
 
@@ -84,7 +101,7 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     only_b = int(np.sum(~correct_a & correct_b))
     discordant = only_a + only_b
     p = 1.0 if discordant == 0 else float(stats.binomtest(only_a, discordant, 0.5).pvalue)
-    return {"only_a_right": only_a, "only_b_right": only_b, "p_value": p}
+    return {"only_a_right": only_a, "only_b_right": only_b, "p_value": p, "method": "McNemar's exact test"}
 
 
 def _midrank_components(y: np.ndarray, score: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -106,43 +123,70 @@ def delong_test(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict
     variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
     difference = auc_a - auc_b
     if variance <= 0:
-        p = 1.0 if difference == 0 else 0.0
-        se = 0.0
-    else:
-        se = float(np.sqrt(variance))
-        p = float(2 * stats.norm.sf(abs(difference) / se))
+        # No spread to judge by: equal AUCs do not differ; unequal ones cannot be tested here
+        # (a p of 0 from a zero variance would be a verdict without evidence).
+        untested = {"ci_low": float("nan"), "ci_high": float("nan"), "p_value": 1.0 if difference == 0 else float("nan")}
+        note = {} if difference == 0 else {"untestable": "DeLong's variance of the difference is 0 on these images"}
+        return {"auc_a": auc_a, "auc_b": auc_b, "difference": difference, **untested, **note, "method": "DeLong"}
+    se = float(np.sqrt(variance))
     z = stats.norm.ppf(1 - ALPHA / 2)
-    return {"auc_a": auc_a, "auc_b": auc_b, "difference": difference, "ci_low": difference - z * se, "ci_high": difference + z * se, "p_value": p}
+    return {"auc_a": auc_a, "auc_b": auc_b, "difference": difference, "ci_low": difference - z * se, "ci_high": difference + z * se,
+            "p_value": float(2 * stats.norm.sf(abs(difference) / se)), "method": "DeLong"}
 
 
 def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjustment: controls the chance of any false 'distinguishable'."""
-    order = np.argsort(p_values)
-    adjusted = np.empty(len(p_values))
+    """Holm's step-down adjustment: controls the chance of any false 'distinguishable'. A test
+    that could not be made (NaN) stays NaN and does not count."""
+    p = np.asarray(p_values, float)
+    adjusted = np.full(len(p), np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
     running = 0.0
-    for rank, k in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[k]))
+    for rank, k in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        running = max(running, min(1.0, (len(tested) - rank) * p[k]))
         adjusted[k] = running
     return adjusted.tolist()
 
 
-def pairwise_tests(y: np.ndarray, scores: dict[str, np.ndarray], threshold: float = 0.5) -> list[dict]:
-    """Every pair of models scored on the same test images: accuracy by McNemar, AUC by DeLong,
-    p-values Holm-adjusted within each metric."""
+def bootstrap_paired(resampling: Resampling, y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, right_a: np.ndarray,
+                     right_b: np.ndarray) -> tuple[dict, dict]:
+    """Accuracy and AUC differences (a - b) tested on the same patient resamples."""
+    sums = resampling.resampled_sums(np.c_[right_a, right_b, np.ones(len(y))])
+    acc_diff = (sums[:, 0] - sums[:, 1]) / sums[:, 2]
+    auc_a, auc_b = resampled_auc(resampling, y, score_a, score_b)
+    results = []
+    for samples, point in ((acc_diff, float(right_a.mean() - right_b.mean())),
+                           (auc_a - auc_b, float(roc_auc_score(y, score_a) - roc_auc_score(y, score_b)))):
+        low, high = percentile_interval(samples)
+        spread = np.nanstd(samples)
+        result = {"difference": point, "ci_low": low, "ci_high": high, "method": f"paired {resampling.describe()}"}
+        if spread == 0 and point != 0:
+            result.update(p_value=float("nan"), untestable="every resample gives the same difference: no spread to judge it by")
+        else:
+            result["p_value"] = 1.0 if spread == 0 else bootstrap_p_value(samples)
+        results.append(result)
+    acc, auc = results
+    acc.update(only_a_right=int(np.sum(right_a & ~right_b)), only_b_right=int(np.sum(~right_a & right_b)))
+    auc.update(auc_a=float(roc_auc_score(y, score_a)), auc_b=float(roc_auc_score(y, score_b)))
+    return acc, auc
+
+
+def pairwise_tests(y: np.ndarray, scores: dict[str, np.ndarray], thresholds: dict[str, float], resampling: Resampling) -> list[dict]:
+    """Every pair of models scored on the same test images, each called at its own threshold:
+    accuracy by McNemar and AUC by DeLong where images are independent units, else both by the
+    paired patient bootstrap; p-values Holm-adjusted within each metric."""
     names = list(scores)
     y = np.asarray(y).astype(int)
-    correct = {n: (np.asarray(scores[n]) >= threshold).astype(int) == y for n in names}
+    correct = {n: (np.asarray(scores[n]) >= thresholds[n]) == (y == 1) for n in names}
     pairs = []
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            pairs.append({
-                "a": a, "b": b,
-                "acc_a": float(correct[a].mean()), "acc_b": float(correct[b].mean()),
-                "acc": mcnemar_exact(correct[a], correct[b]),
-                "auc": delong_test(y, scores[a], scores[b]),
-            })
+            if resampling.clustered:
+                acc, auc = bootstrap_paired(resampling, y, scores[a], scores[b], correct[a], correct[b])
+            else:
+                acc, auc = mcnemar_exact(correct[a], correct[b]), delong_test(y, scores[a], scores[b])
+            pairs.append({"a": a, "b": b, "acc_a": float(correct[a].mean()), "acc_b": float(correct[b].mean()), "acc": acc, "auc": auc})
     for metric in ("acc", "auc"):
         for pair, adjusted in zip(pairs, holm([p[metric]["p_value"] for p in pairs])):
             pair[metric]["p_holm"] = adjusted
-            pair[metric]["distinguishable"] = adjusted < ALPHA
+            pair[metric]["distinguishable"] = bool(adjusted < ALPHA)
     return pairs

@@ -79,6 +79,8 @@ def locate_dataset(config: DataConfig) -> Located:
     split_settings = f"{plan.source}|{config.val_fraction}|{config.seed}|{config.patient_pattern}" if plan.source == "split" else "folder"
     if cut_test(listing):
         split_settings += f"|test {config.test_fraction}"
+    if plan.source == "split" or cut_test(listing):
+        split_settings += f"|near {config.near_duplicate_bits}"
     # Files by size and modification time: a changed file changes the key; the data digest
     # itself (content) is computed from the bytes the decoding reads anyway.
     identities = [image.stat_identity() for image in listing.images]
@@ -101,11 +103,12 @@ def prepare_dataset(config: DataConfig, located: Located | None = None) -> Prepa
         decoded = decode_images(listing.images, config.image_size, scratch=folder.parent)
         try:
             images, how = listing.images, None
-            hashes = decoded.content_hashes()
+            units = dict(content_hashes=decoded.content_hashes(), perceptual_hashes=decoded.perceptual_hashes(),
+                         near_duplicate_bits=config.near_duplicate_bits, pattern=config.patient_pattern, seed=config.seed, classes=listing.classes)
             if cut_test(listing):
-                images, how_test = split_by_patient(images, hashes, listing.classes, config.test_fraction, config.seed, config.patient_pattern, "test")
+                images, how_test = split_by_patient(images, fraction=config.test_fraction, held_out="test", **units)
             if plan.source == "split":
-                images, how = split_by_patient(images, hashes, listing.classes, config.val_fraction, config.seed, config.patient_pattern)
+                images, how = split_by_patient(images, fraction=config.val_fraction, **units)
             if cut_test(listing):
                 how = f"the source names no test images, so test was cut from it first: {how_test}; then {how or 'validation as given'}"
             data = build_entry(
@@ -134,5 +137,6 @@ def prepare_dataset(config: DataConfig, located: Located | None = None) -> Prepa
         rejected=data.rejected,
         ignored=listing.ignored,
         patient_pattern=config.patient_pattern,
+        near_duplicate_bits=config.near_duplicate_bits,
     )
     return Preparation(data, report, located.name, cache_reused)

@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from pipeline.data.checks import ManifestRow, read_manifest, write_manifest
 from pipeline.data.sources import SourceImage, decode, pixel_hash
+from pipeline.data.units import perceptual_hash
 
 # Bump when decoding, resizing or what an entry holds changes, so older entries are not reused.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 def cache_root(setting: str = "") -> Path:
@@ -98,8 +99,8 @@ def resize_square(grey: np.ndarray, size: int) -> np.ndarray:
 class DecodedImages:
     """Every image of a listing decoded and resized once, in listing order: the pixels in one
     `.npy` scratch file (written in place by the decoding processes, never all in memory), and
-    per image its (width, height, mode, content hash), or None with the reason it is unreadable,
-    and its stored bytes' fingerprint."""
+    per image its (width, height, mode, content hash, perceptual hash), or None with the reason
+    it is unreadable, and its stored bytes' fingerprint."""
 
     def __init__(self, path: Path, image_size: int, meta: list[tuple[tuple | None, str | None, str]]):
         self.path, self.image_size, self.meta = path, image_size, meta
@@ -107,6 +108,9 @@ class DecodedImages:
 
     def content_hashes(self) -> list[str | None]:
         return [ok[3] if ok is not None else None for ok, _, _ in self.meta]
+
+    def perceptual_hashes(self) -> list[str]:
+        return [ok[4] if ok is not None else "" for ok, _, _ in self.meta]
 
     def fingerprints(self) -> list[str]:
         return [stored for _, _, stored in self.meta]
@@ -163,8 +167,9 @@ def _decode_into(job: tuple[int, SourceImage, int, str, int]):
     grey, mode = decoded
     if path not in _output:
         _output[path] = os.open(path, os.O_WRONLY)
-    os.pwrite(_output[path], np.ascontiguousarray(resize_square(grey, size)).tobytes(), offset + k * size * size)
-    return (grey.shape[1], grey.shape[0], mode, pixel_hash(grey)), None, stored
+    resized = resize_square(grey, size)
+    os.pwrite(_output[path], np.ascontiguousarray(resized).tobytes(), offset + k * size * size)
+    return (grey.shape[1], grey.shape[0], mode, pixel_hash(grey), perceptual_hash(resized)), None, stored
 
 
 def decode_images(images: list[SourceImage], image_size: int, workers: int | None = None, scratch: Path | None = None) -> DecodedImages:
@@ -220,10 +225,10 @@ def build_entry(
             if ok is None:
                 rejected.append((image.relpath, reason))
                 continue
-            width, height, mode, content_hash = ok
+            width, height, mode, content_hash, phash = ok
             kept.append(k)
             labels.append(classes.index(image.label))
-            rows.append(ManifestRow(image.relpath, split, image.label, width, height, mode, content_hash, image.patient))
+            rows.append(ManifestRow(image.relpath, split, image.label, width, height, mode, content_hash, image.patient, phash))
         # Copied from the scratch file by the kernel: a split of 10^6 images never sits in memory.
         _new_array_file(tmp / f"{split}_images.npy", (len(kept), image_size, image_size))
         decoded.copy_rows(kept, tmp / f"{split}_images.npy")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import UserError
+from pipeline.data.units import NEAR_DUPLICATE_BITS, hash_bits, near_duplicate_index_pairs, patient_of, unit_groups
 
 SPLIT_ORDER = ("train", "val", "test")
 
@@ -30,6 +31,7 @@ class ManifestRow:
     mode: str
     content_hash: str  # of the decoded grey pixels and their shape
     patient: str = ""  # as the source gave it (a CSV's patient column); else patient_pattern finds it
+    phash: str = ""  # perceptual hash (hex) of the decoded image, for near-duplicates
 
 
 MANIFEST_COLUMNS = [f.name for f in fields(ManifestRow)]
@@ -45,7 +47,8 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> None:
 def read_manifest(path: Path) -> list[ManifestRow]:
     with open(path, newline="") as f:
         return [
-            ManifestRow(r["path"], r["split"], r["label"], int(r["width"]), int(r["height"]), r["mode"], r["content_hash"], r.get("patient", ""))
+            ManifestRow(r["path"], r["split"], r["label"], int(r["width"]), int(r["height"]), r["mode"], r["content_hash"], r.get("patient", ""),
+                        r.get("phash", ""))
             for r in csv.DictReader(f)
         ]
 
@@ -95,23 +98,6 @@ def _group(group: list[ManifestRow]) -> dict:
 # -- patients ---------------------------------------------------------------------------------
 
 
-def patient_id(path: str, pattern: re.Pattern) -> str | None:
-    """The patient key of a file name: the `patient` group of the pattern, or the whole match.
-
-    On the Kaggle names the key keeps the infection type (`person12_virus`), because the number
-    restarts per type: `person12_virus` and `person12_bacteria` are two different children.
-    """
-    match = pattern.search(Path(path).name)
-    if not match:
-        return None
-    return match.group("patient") if "patient" in pattern.groupindex else match.group(0)
-
-
-def patient_of(path: str, given: str, compiled: re.Pattern | None) -> str | None:
-    """An image's patient: as the source gave it, else found in its file name by the pattern."""
-    return given or (patient_id(path, compiled) if compiled is not None else None)
-
-
 def patients_by_split(rows: list[ManifestRow], pattern: str) -> dict[str, dict[str, list[str]]]:
     """split -> patient id -> files."""
     compiled = re.compile(pattern) if pattern else None
@@ -123,16 +109,40 @@ def patients_by_split(rows: list[ManifestRow], pattern: str) -> dict[str, dict[s
     return result
 
 
-def seen_in_train(rows: list[ManifestRow], split: str, pattern: str) -> np.ndarray:
-    """For each image of `split` (manifest order): does train hold its patient or its exact pixels?
-    Such an image tests memory of a child or a picture, not diagnosis."""
+def units_of(rows: list[ManifestRow], pattern: str, near_duplicate_bits: int = NEAR_DUPLICATE_BITS) -> np.ndarray:
+    """The unit of independence of every row (manifest order): patient, identical pixels or
+    near-duplicate, linked through every split (`units.unit_groups`)."""
     compiled = re.compile(pattern) if pattern else None
-    train_patients = {patient_of(r.path, r.patient, compiled) for r in rows if r.split == "train"} - {None}
-    train_pixels = {r.content_hash for r in rows if r.split == "train"}
-    return np.array(
-        [r.content_hash in train_pixels or patient_of(r.path, r.patient, compiled) in train_patients for r in rows if r.split == split],
-        dtype=bool,
-    )
+    return unit_groups([patient_of(r.path, r.patient, compiled) for r in rows], [r.content_hash for r in rows],
+                       [r.phash for r in rows], near_duplicate_bits)
+
+
+def patients_known(rows: list[ManifestRow], pattern: str) -> bool:
+    """Whether any image has a patient id (the source's column, or found by the pattern)."""
+    compiled = re.compile(pattern) if pattern else None
+    return any(patient_of(r.path, r.patient, compiled) for r in rows)
+
+
+def seen_in_train(rows: list[ManifestRow], split: str, pattern: str, near_duplicate_bits: int = NEAR_DUPLICATE_BITS,
+                  units: np.ndarray | None = None) -> np.ndarray:
+    """For each image of `split` (manifest order): does train hold its patient, its exact pixels
+    or a near-duplicate of it (its unit)? Such an image tests memory of a child or a picture, not
+    diagnosis. `units`: `units_of(rows, ...)` where the caller has it already."""
+    units = units_of(rows, pattern, near_duplicate_bits) if units is None else units
+    in_train = {u for u, r in zip(units, rows) if r.split == "train"}
+    return np.array([u in in_train for u, r in zip(units, rows) if r.split == split], dtype=bool)
+
+
+def near_duplicates_across_splits(rows: list[ManifestRow], max_bits: int) -> list[dict]:
+    """Pairs of images in different splits whose perceptual hashes are within `max_bits` bits."""
+    hashed = [r for r in rows if r.phash]
+    i, j, distance = near_duplicate_index_pairs(hash_bits([r.phash for r in hashed]), max_bits)
+    pairs = []
+    for a, b, bits in zip(i, j, distance):
+        first, second = sorted((hashed[a], hashed[b]), key=lambda r: (SPLIT_ORDER.index(r.split), r.path))
+        if first.split != second.split:
+            pairs.append({"split_a": first.split, "file_a": first.path, "split_b": second.split, "file_b": second.path, "bits": int(bits)})
+    return sorted(pairs, key=lambda p: (p["bits"], p["file_a"], p["file_b"]))
 
 
 def describe_patients(rows: list[ManifestRow], pattern: str) -> dict:
@@ -176,6 +186,7 @@ def data_report(
     rejected: list[tuple[str, str]],
     ignored: list[tuple[str, str]],
     patient_pattern: str,
+    near_duplicate_bits: int = NEAR_DUPLICATE_BITS,
 ) -> dict:
     splits = [s for s in SPLIT_ORDER if any(r.split == s for r in rows)]
     counts = {s: {c: 0 for c in classes} for s in splits}
@@ -198,6 +209,7 @@ def data_report(
         "rejected": [{"path": p, "reason": why} for p, why in rejected],
         "ignored": [{"path": p, "reason": why} for p, why in ignored],
         "duplicates": describe_duplicates(rows),
+        "near_duplicates": {"max_bits": near_duplicate_bits, "across_splits": near_duplicates_across_splits(rows, near_duplicate_bits)},
         "patients": describe_patients(rows, patient_pattern),
     }
 
@@ -242,6 +254,12 @@ def render_report(report: dict, max_listed: int = 50) -> str:
     ]
     for group in (dup["across_splits"] + dup["within_split"])[:max_listed]:
         lines.append("- " + ", ".join(f"`{f['path']}` ({f['split']}, {f['label']})" for f in group["files"]))
+    near = report.get("near_duplicates")
+    if near is not None:
+        lines += ["", f"## Near-duplicates across splits (perceptual hashes within {near['max_bits']} of 255 bits)", "",
+                  f"{len(near['across_splits'])} pairs; each counts as one unit with its partner (the validation split keeps them together, "
+                  "and a test image near a train image counts as seen).", ""]
+        lines += [f"- `{p['file_a']}` ({p['split_a']}) ~ `{p['file_b']}` ({p['split_b']}): {p['bits']} bits" for p in near["across_splits"][:max_listed]]
     patients = report["patients"]
     lines += ["", "## Patients", ""]
     if not patients["checked"]:

@@ -3,9 +3,10 @@
 Every choice the pipeline makes (the epoch kept, the learning rate, the threshold, the champion)
 is made on validation, so validation must be as new to the model as test is. Cut image by image
 from train/, it is not: on the Kaggle data a child's three radiographs, or the same picture saved
-twice, land on both sides and validation measures memory. Here the images are grouped (every image
-of a patient and every exact duplicate in one group; an image with neither stands alone) and
-scikit-learn's `StratifiedGroupKFold` holds out whole groups, keeping the class balance.
+twice, land on both sides and validation measures memory. Here the images are grouped into units
+(`units.unit_groups`: every image of a patient, every exact duplicate and every near-duplicate in
+one unit; an image with none stands alone) and scikit-learn's `StratifiedGroupKFold` holds out
+whole units, keeping the class balance.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
 from pipeline.config import UserError
-from pipeline.data.checks import patient_of
 from pipeline.data.sources import SourceImage
+from pipeline.data.units import NEAR_DUPLICATE_BITS, patient_of, unit_groups
 
 # Fewer validation images of a class than this cannot choose an epoch, a learning rate or a
 # threshold: one image is 2 points of that class's accuracy. The Kaggle download's val/ has 8.
@@ -61,34 +60,19 @@ def choose_validation(images: list[SourceImage], classes: list[str], val_source:
     )
 
 
-def leakage_groups(images: list[SourceImage], content_hashes: list[str | None], pattern: str) -> np.ndarray:
-    """A group number per image: images linked by a patient id or identical decoded pixels
-    (directly or through a chain of such links) share one; an image with neither is alone."""
-    compiled = re.compile(pattern) if pattern else None
-    keys: dict[str, int] = {}
-    rows, cols = [], []
-    for k, (image, content) in enumerate(zip(images, content_hashes)):
-        patient = patient_of(image.relpath, image.patient, compiled)
-        for key in (f"patient:{patient}" if patient else None, f"pixels:{content}" if content else None):
-            if key is not None:
-                rows.append(k)
-                cols.append(keys.setdefault(key, len(keys)))
-    # A bipartite graph of images and keys: its connected components are the groups.
-    n = len(images) + len(keys)
-    edges = coo_matrix((np.ones(len(rows)), (rows, [len(images) + c for c in cols])), shape=(n, n))
-    _, component = connected_components(edges, directed=False)
-    return component[: len(images)]
-
-
 def split_by_patient(
     images: list[SourceImage], content_hashes: list[str | None], classes: list[str], fraction: float, seed: int, pattern: str,
-    held_out: str = "val",
+    held_out: str = "val", perceptual_hashes: list[str] | None = None, near_duplicate_bits: int = NEAR_DUPLICATE_BITS,
 ) -> tuple[list[SourceImage], str]:
     """train/ (with any val/ images folded in) split into train and `held_out` (val, or test for a
-    source without one) by group, stratified by class and seeded; returns the images with their
-    new splits and a sentence saying how."""
+    source without one) by unit (patient, identical pixels, near-duplicates), stratified by class
+    and seeded; returns the images with their new splits and a sentence saying how."""
     pool = [k for k, i in enumerate(images) if i.split in (("train", "val") if held_out == "val" else ("train",))]
-    groups = leakage_groups([images[k] for k in pool], [content_hashes[k] for k in pool], pattern)
+    compiled = re.compile(pattern) if pattern else None
+    groups = unit_groups(
+        [patient_of(images[k].relpath, images[k].patient, compiled) for k in pool], [content_hashes[k] for k in pool],
+        [perceptual_hashes[k] for k in pool] if perceptual_hashes is not None else None, near_duplicate_bits,
+    )
     labels = np.array([classes.index(images[k].label) for k in pool])
     n_folds = max(2, round(1 / fraction))
     n_groups = len(set(groups.tolist()))
@@ -112,8 +96,9 @@ def split_by_patient(
             )
     share = len(to_held) / len(pool)
     key = "patient id (the source's patient column)" if any(i.patient for i in images) else "patient id (patient_pattern)" if pattern else ""
+    copies = "exact duplicates" + (f" and near-duplicates (perceptual hashes within {near_duplicate_bits} bits)" if perceptual_hashes is not None else "")
     how = (
-        f"{held_out} grouped by {key + ' and exact duplicates' if key else 'exact duplicates only (patient_pattern is empty)'}: "
+        f"{held_out} grouped by {key + ', ' + copies if key else copies + ' only (patient_pattern is empty)'}: "
         f"{n_groups} groups, first of {n_folds} StratifiedGroupKFold folds ({setting} {fraction:g}, seed {seed}), "
         f"{len(to_held)} of {len(pool)} images ({100 * share:.1f} %) to {held_out}"
     )

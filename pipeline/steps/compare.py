@@ -30,13 +30,18 @@ import numpy as np
 from pipeline import analysis, plots, report, tracking
 from pipeline.config import DEFAULT_PATIENT_PATTERN, CompareConfig, DataConfig, FitConfig, MainConfig, ModelConfig, TuneConfig, UserError, as_params, from_params
 from pipeline.data import Preparation, prepare_dataset
-from pipeline.data.checks import seen_in_train
-from pipeline.engine import Diverged, setup_training
+from pipeline.analysis.resampling import BOOTSTRAP_RESAMPLES, Resampling
+from pipeline.analysis.shortcuts import occlusion_intervals
+from pipeline.analysis.simulation import design_of, null_false_cause_rates
+from pipeline.data.checks import patients_known, units_of
+from pipeline.engine import Diverged, setup_training, training_seed
 from pipeline.metrics import positive_index
 from pipeline.steps import prepare
 from pipeline.steps.main import run_configuration
 
 LABEL_NOISE_CONFIDENCE = 0.8
+# Null studies of each model's own design simulated for its verdicts' false-cause rates.
+NULL_STUDIES = 100
 
 
 def run(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneConfig, cmp: CompareConfig) -> str:
@@ -82,9 +87,10 @@ def run_configurations(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, t
             # One study per configuration: a given study_name becomes a prefix.
             study = replace(tune_cfg, study_name=f"{tune_cfg.study_name}-{backbone}-{mode}") if tune_cfg.study_name else tune_cfg
             seed_fit, trials, lr_source = fit, main_cfg.tune_trials, None
+            first_seed = training_seed(data, fit)
             for k in range(cmp.seeds):
-                if k:
-                    seed_fit, trials = replace(seed_fit, train_seed=data.seed + k), 0
+                if k:  # the k-th seed counts from the first seed trained, whatever train_seed made it
+                    seed_fit, trials = replace(seed_fit, train_seed=first_seed + k), 0
                 print(f"\n== {backbone} ({mode})" + (f", training seed {k + 1} of {cmp.seeds}" if cmp.seeds > 1 else ""), flush=True)
                 try:
                     with tracking.step_run("main", backbone, mode):
@@ -129,6 +135,7 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
         "accuracy_and_time.png": report.figure_png(report.accuracy_and_time_figure(rows)),
         "roc_curves.png": report.figure_png(report.roc_figure(rows, positive_label(prep))),
         "calibration.png": report.figure_png(report.reliability_figure(study["gap"])),
+        "gap_waterfall.png": report.figure_png(report.gap_waterfall_figure(study["gap"])),
     }
     figures["analysis/label_noise_candidates.png"] = report.figure_png(label_noise_grid(study["label_noise_candidates"], prep))
     for r in rows:  # each model's Grad-CAM grid, as its evaluate run drew it
@@ -138,10 +145,14 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
     for name, png in figures.items():
         (folder / name).write_bytes(png)
     title = f"{prep.name}: {len(rows)} configurations (compare run {compare_id})"
+    answer = ("## The answer: why the test set disagrees\n\n![validation to test, cause by cause](gap_waterfall.png)\n\n"
+              + analysis.verdicts_markdown(study) + "\n")
     tables = report.table_markdown(rows) + "\n" + report.pairwise_markdown(study["pairwise"])
-    (folder / "comparison.md").write_text(f"# {title}\n\n{tables}\n## Findings\n\n" + "".join(f"- {f}\n" for f in study["findings"]))
+    (folder / "comparison.md").write_text(f"# {title}\n\n{answer}## The configurations\n\n{tables}\n## Findings\n\n"
+                                          + "".join(f"- {f}\n" for f in study["findings"]))
     (folder / "comparison.csv").write_text(report.table_csv(all_rows))
-    (folder / "comparison.html").write_text(report.html_page(title, rows, study["pairwise"], figures, analysis_md, study["findings"]))
+    (folder / "comparison.html").write_text(report.html_page(title, rows, study["pairwise"], figures, analysis_md, study["findings"],
+                                                             analysis.verdict_rows(study)))
     (folder / "model_cards").mkdir()
     kaggle_names = data.patient_pattern == DEFAULT_PATIENT_PATTERN and prep.report["patients"].get("images_with_id", 0) > 0
     data_facts = {"name": prep.name, "digest": prep.data.digest, "sizes": prep.data.split_sizes, "validation": prep.data.val_origin,
@@ -196,39 +207,68 @@ def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit
     shift["domain_features"] = f"{backbone} ({setup.weights.key})"
     predictions = {report.label(r): r["test_predictions"] for r in rows}
     errors = {}
-    for r in rows:
-        wrong = [p for p in r["test_predictions"] if p["predicted_label"] != p["true_label"]]
+    for r in rows:  # at the operating threshold, as the model is used
+        wrong = [p for p in r["test_predictions"] if p["predicted_label_at_val_threshold"] != p["true_label"]]
         errors[report.label(r)] = {
             "fp": sum(p["true_label"] != positive for p in wrong),
             "fn": sum(p["true_label"] == positive for p in wrong),
-            "val_acc": r["val_acc"],
-            "test_acc": r["test_acc"],
+            "val_acc": r["val_acc_at_val_threshold"],
+            "test_acc": r["test_acc_at_val_threshold"],
         }
     files = {s: d.files(s) for s in ("val", "test")}
-    seen_val, seen_test = (seen_in_train(manifest, split, data.patient_pattern) for split in ("val", "test"))
-    test_scores, gap = {}, {}
+    units = units_of(manifest, data.patient_pattern, data.near_duplicate_bits)
+    known = patients_known(manifest, data.patient_pattern)
+    in_split = {s: np.array([r.split == s for r in manifest]) for s in ("train", "val", "test")}
+    in_train = np.isin(units, units[in_split["train"]])
+    seen = {s: in_train[in_split[s]] for s in ("val", "test")}
+    split_units = {s: units[in_split[s]] for s in ("val", "test")}
+    test_scores, thresholds, gap, false_causes = {}, {}, {}, {}
     for r in rows:
+        name = report.label(r)
         y_val, p_val = _scores(r["val_predictions"], files["val"], positive)
         y_test, p_test = _scores(r["test_predictions"], files["test"], positive)
-        test_scores[report.label(r)] = p_test
-        threshold = r["val_threshold"] if r.get("val_threshold") is not None else 0.5
-        gap[report.label(r)] = analysis.gap_causes(y_val, p_val, seen_val, y_test, p_test, threshold, data.seed, seen_test)
+        test_scores[name] = p_test
+        thresholds[name] = operating_threshold_of(r)
+        gap[name] = analysis.gap_causes(y_val, p_val, seen["val"], y_test, p_test, thresholds[name], data.seed, seen["test"],
+                                        split_units["val"], split_units["test"], fit.target_sensitivity, patients_known=known)
+        sens, spec = _unseen_rates(y_val, p_val, seen["val"], thresholds[name])
+        design = design_of(y_val, seen["val"], y_test, seen["test"], np.r_[split_units["val"], split_units["test"]], sens, spec)
+        false_causes[name] = null_false_cause_rates(design, NULL_STUDIES, data.seed, BOOTSTRAP_RESAMPLES)
+    y_test = _scores(rows[0]["test_predictions"], files["test"], positive)[0]
+    test_resampling = Resampling.of(split_units["test"], y_test, data.seed, patients_known=known)
     return {
-        "leakage": analysis.leakage(manifest, images, data.patient_pattern),
+        "leakage": analysis.leakage(manifest, data.patient_pattern, data.near_duplicate_bits),
         "shift": shift,
         "label_noise_candidates": analysis.label_noise_candidates(predictions, positive, LABEL_NOISE_CONFIDENCE),
         "label_noise_confidence": LABEL_NOISE_CONFIDENCE,
         "errors": analysis.error_breakdown(errors),
-        "intervals": {report.label(r): {m: [r.get(f"test_{m}"), r.get(f"test_{m}_ci_low"), r.get(f"test_{m}_ci_high")] for m in ("acc", "auc")} for r in rows},
+        "interval_method": test_resampling.describe(),
+        "intervals": {report.label(r): {m: [r.get(f"test_{m}"), r.get(f"test_{m}_ci_low"), r.get(f"test_{m}_ci_high")] for m in ("acc_at_val_threshold", "auc")}
+                      for r in rows},
         "seeds": {report.label(r): r["seed_spread"] for r in rows if r["seed_spread"]["n"] > 1},
-        "pairwise": analysis.pairwise_tests(y_test, test_scores) if len(rows) > 1 else [],
-        "shortcuts": {
-            report.label(r): {hidden: {"value": r[f"test_auc_{hidden}"], "ci_low": r[f"test_auc_{hidden}_ci_low"], "ci_high": r[f"test_auc_{hidden}_ci_high"]}
-                              for hidden in ("lungs_hidden", "outside_hidden")} | {"full": r["test_auc"], "saliency_in_lung_box": r.get("saliency_in_lung_box")}
-            for r in rows if r.get("test_auc_lungs_hidden") is not None
-        },
+        "pairwise": analysis.pairwise_tests(y_test, test_scores, thresholds, test_resampling) if len(rows) > 1 else [],
+        "shortcuts": {report.label(r): {**occlusion_intervals(r), "saliency_in_lung_box": r.get("saliency_in_lung_box")}
+                      for r in rows if r.get("test_auc_lungs_hidden") is not None},
         "gap": gap,
+        "false_cause_rates": {"studies": NULL_STUDIES, "rates": false_causes},
     }
+
+
+def operating_threshold_of(row: dict) -> float:
+    """The threshold the model is used at (stored by its train run), else 0.5."""
+    for key in ("operating_threshold", "val_threshold"):
+        if row.get(key) is not None:
+            return float(row[key])
+    return 0.5
+
+
+def _unseen_rates(y: np.ndarray, p: np.ndarray, seen: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Sensitivity and specificity on the unseen images (NaN where a class has none)."""
+    called, unseen = p >= threshold, ~seen
+    positives, negatives = unseen & (y == 1), unseen & (y == 0)
+    sens = float(called[positives].mean()) if positives.any() else float("nan")
+    spec = float((~called[negatives]).mean()) if negatives.any() else float("nan")
+    return sens, spec
 
 
 def label_noise_grid(candidates: list[dict], prep: Preparation):

@@ -2,24 +2,32 @@
 
 Inputs: `model_uri` (models:/..., runs:/.../model) or `train_run_id`; the data are those the
 train run used, read back from the cache.
-Outputs (run `<backbone>-<mode>-evaluate`): `train_acc`, `val_acc`, `test_acc`, `test_loss`,
-`test_auc`, `test_f1`, `test_precision`, `test_sensitivity`, `test_specificity` (positive class
-PNEUMONIA, threshold 0.5); `val_threshold`, the model's operating threshold chosen on the
-validation set and stored with it by the train run (Youden's J, or its `target_sensitivity`;
-tag `val_threshold_rule`),
-and `test_sensitivity_at_val_threshold`,
-`test_specificity_at_val_threshold`, `test_acc_at_val_threshold`; 95 % intervals
-`<metric>_ci_low` / `<metric>_ci_high` beside `test_acc`, `test_auc`, `test_sensitivity` and
-`test_specificity` (exact for proportions, stratified bootstrap for AUC); on the images whose
-patient (or exact pixels) train does not hold, `val_acc_unseen_patients` and
-`test_acc_unseen_patients` with their counts `val_n_unseen_patients`, `test_n_unseen_patients`
-(and `_seen_` beside them); the shortcut check `test_auc_lungs_hidden` and
-`test_auc_outside_hidden` with their intervals (`analysis/shortcuts.py`); `saliency_in_lung_box`
-(share of the Grad-CAM heat inside the lung box, over the test set) and `plots/gradcam.png`
-(a seeded sample of each outcome; `analysis/saliency.py`); tags `device` (and
-`device_fallback`, with the reason, where the model could not move to it); artifacts
-`plots/confusion_matrix.png`, `plots/roc_curve.png`, `plots/occlusion.png`,
-`predictions/test.csv` and `val.csv` (file, true label, probability, predicted label).
+Outputs (run `<backbone>-<mode>-evaluate`):
+- at the model's operating threshold (chosen on validation by the train run and stored with the
+  model: Youden's J or its `target_sensitivity`; metric `val_threshold`, tag
+  `val_threshold_rule`), as `predict` and the served model call labels: `train_acc_at_val_threshold`,
+  `val_acc_at_val_threshold`, `test_acc_at_val_threshold`, `test_sensitivity_at_val_threshold`,
+  `test_specificity_at_val_threshold`, the test ones with `_ci_low` / `_ci_high`;
+- at 0.5, labelled by their plain names: `train_acc`, `val_acc`, `test_acc`, `test_f1`,
+  `test_precision`, `test_sensitivity`, `test_specificity` (with intervals); threshold-free:
+  `val_auc`, `test_auc` (with interval), `test_loss`; positive class PNEUMONIA;
+- 95 % intervals as the tag `interval_method` says: a patient bootstrap where some patient (or
+  picture, or near-copy) has several test images, else exact (Clopper-Pearson) for proportions
+  and a stratified bootstrap for AUC;
+- on the images whose unit train does not hold, `val_acc_unseen_patients` and
+  `test_acc_unseen_patients` with their counts `val_n_unseen_patients`, `test_n_unseen_patients`
+  (and `_seen_` beside them), at the operating threshold;
+- the shortcut check (`analysis/shortcuts.py`): `test_auc_lungs_hidden`, `test_auc_outside_hidden`
+  (hidden parts filled with the training set's mean grey), the same with `_fill_visible` (filled
+  with the visible part's mean), `test_auc_loss_outside_hidden[_fill_visible]` (the AUC lost with
+  only the lung box shown), each with its interval; tag `shortcut_verdict` (lung_box,
+  without_lung_box or cannot_tell);
+- `saliency_in_lung_box` (share of the Grad-CAM heat inside the lung box, over the test set) and
+  `plots/gradcam.png` (a seeded sample of each outcome; `analysis/saliency.py`);
+- tags `device` (and `device_fallback`, with the reason, where the model could not move to it);
+  artifacts `plots/confusion_matrix.png`, `plots/roc_curve.png`, `plots/occlusion.png`,
+  `predictions/test.csv` and `val.csv` (file, true label, probability, predicted label at 0.5
+  and at the operating threshold).
 """
 
 from __future__ import annotations
@@ -37,12 +45,13 @@ from sklearn.metrics import confusion_matrix, roc_curve
 
 from pipeline import plots, tracking
 from pipeline.analysis.saliency import gradcam, last_conv_layer, outcome_sample, overlay, share_in_box
-from pipeline.analysis.shortcuts import box_pixels, hide_lungs, hide_outside
-from pipeline.analysis.uncertainty import auc_interval, metric_intervals
+from pipeline.analysis.resampling import Resampling
+from pipeline.analysis.shortcuts import box_pixels, occluded_inputs, occlusion_check, occlusion_intervals, shortcut_verdict, training_grey
+from pipeline.analysis.uncertainty import metric_intervals
 from pipeline.config import DataConfig, EvaluateConfig, UserError, boolean, from_params
 from pipeline.models import build_classifier, resolve_weights
 from pipeline.data import prepare_dataset
-from pipeline.data.checks import seen_in_train
+from pipeline.data.checks import patients_known, units_of
 from pipeline.engine import Device, pick_device, predict_proba
 from pipeline.metrics import binary_scores, log_loss, operating_threshold, positive_index
 from pipeline.steps.prepare import data_params
@@ -116,14 +125,20 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
             mlflow.set_tag("device_fallback", fallback)
             print(f"note: {fallback}", flush=True)
         classes, data = prep.data.classes, prep.data
+        pos = positive_index(classes)
         probs = {s: predict_proba(model, data.images(s), 64, device) for s in SPLITS}
         labels = {s: data.labels(s) for s in SPLITS}
         scores = {s: score(labels[s], probs[s], classes) for s in SPLITS}
-        threshold, rule = model_threshold(train_run, labels["val"] == positive_index(classes), probs["val"][:, positive_index(classes)])
+        threshold, rule = model_threshold(train_run, labels["val"] == pos, probs["val"][:, pos])
         mlflow.set_tag("val_threshold_rule", rule)
-        at_val = score(labels["test"], probs["test"], classes, threshold)
-        pos = positive_index(classes)
-        intervals = metric_intervals(labels["test"] == pos, probs["test"][:, pos], 0.5, data_cfg.seed)
+        at_val = {s: score(labels[s], probs[s], classes, threshold) for s in SPLITS}
+        rows = data.manifest()
+        units = units_of(rows, data_cfg.patient_pattern, data_cfg.near_duplicate_bits)
+        test_units = units[[r.split == "test" for r in rows]]
+        resampling = Resampling.of(test_units, labels["test"] == pos, data_cfg.seed, patients_known=patients_known(rows, data_cfg.patient_pattern))
+        mlflow.set_tag("interval_method", resampling.describe())
+        y_test, p_test = labels["test"] == pos, probs["test"][:, pos]
+        intervals = {"": metric_intervals(y_test, p_test, 0.5, resampling), "_at_val_threshold": metric_intervals(y_test, p_test, threshold, resampling)}
         metrics = {
             "train_acc": scores["train"]["acc"],
             "val_acc": scores["val"]["acc"],
@@ -131,21 +146,23 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
             "test_loss": log_loss(labels["test"], probs["test"]),
             **{f"test_{k}": scores["test"][k] for k in ("acc", "auc", "f1", "precision", "sensitivity", "specificity")},
             "val_threshold": threshold,
-            **{f"test_{k}_at_val_threshold": at_val[k] for k in ("acc", "sensitivity", "specificity")},
-            **{f"test_{k}_ci_{side}": getattr(interval, side) for k, interval in intervals.items() for side in ("low", "high")},
-            **patient_disjoint_metrics(data.manifest(), labels, probs, classes, data_cfg.patient_pattern),
-            **occlusion_metrics(model, data.images("test"), labels["test"] == pos, pos, device, data_cfg.seed),
-            **saliency_metrics(train_run, settings, data, probs["test"][:, pos] >= 0.5, data_cfg.seed),
+            **{f"{s}_acc_at_val_threshold": at_val[s]["acc"] for s in ("train", "val")},
+            **{f"test_{k}_at_val_threshold": at_val["test"][k] for k in ("acc", "sensitivity", "specificity")},
+            **{f"test_{k}{at}_ci_{side}": getattr(interval, side) for at, found in intervals.items() for k, interval in found.items()
+               if not (at and k == "auc") for side in ("low", "high")},
+            **patient_disjoint_metrics(rows, units, labels, probs, classes, threshold),
+            **occlusion_metrics(model, data.images("test"), y_test, p_test, pos, device, training_grey(data.images("train")), resampling),
+            **saliency_metrics(train_run, settings, data, p_test >= threshold, data_cfg.seed),
         }
         mlflow.log_metrics(metrics)
+        mlflow.set_tag("shortcut_verdict", shortcut_verdict(occlusion_intervals(metrics, "test"))[0])
         _log_figures(labels, probs, classes, scores, threshold, f"{backbone} ({mode})")
         for split in ("val", "test"):
             tracking.log_text(_predictions_csv(data.files(split), labels[split], probs[split], classes, threshold), f"predictions/{split}.csv")
-    ci = lambda k: f"{metrics[f'test_{k}']:.3f} [{metrics[f'test_{k}_ci_low']:.3f}, {metrics[f'test_{k}_ci_high']:.3f}]"
+    ci = lambda k: f"{metrics[f'test_{k}']:.3f} [{metrics[f'test_{k}_ci_low']:.3f}, {metrics[f'test_{k}_ci_high']:.3f}]"  # noqa: E731
     print(
-        f"test acc {ci('acc')}, AUC {ci('auc')}, sensitivity {ci('sensitivity')}, specificity {ci('specificity')} "
-        f"(95 % intervals; at the validation threshold {threshold:.3f}: "
-        f"{metrics['test_sensitivity_at_val_threshold']:.3f} / {metrics['test_specificity_at_val_threshold']:.3f})"
+        f"at the operating threshold {threshold:.3f} ({rule}): test acc {ci('acc_at_val_threshold')}, sensitivity {ci('sensitivity_at_val_threshold')}, "
+        f"specificity {ci('specificity_at_val_threshold')}; AUC {ci('auc')} (95 % intervals: {resampling.describe()})"
     )
     return Evaluated(active.info.run_id, metrics, reused=False)
 
@@ -158,22 +175,23 @@ def model_threshold(train_run, y_val: np.ndarray, p_val: np.ndarray) -> tuple[fl
     return operating_threshold(y_val.astype(int), p_val, None)
 
 
-OCCLUSIONS = {"lungs_hidden": hide_lungs, "outside_hidden": hide_outside}
-
-
-def occlusion_metrics(model, images: np.ndarray, positive: np.ndarray, pos: int, device: Device, seed: int) -> dict[str, float]:
-    """The shortcut check: test AUC with the lung box hidden and with all but it hidden, with
-    95 % intervals; and the figure of the three inputs."""
-    metrics = {}
-    for name, hide in OCCLUSIONS.items():
-        auc = auc_interval(positive, predict_proba(model, hide(images), 64, device)[:, pos], seed)
-        metrics.update({f"test_auc_{name}": auc.value, f"test_auc_{name}_ci_low": auc.low, f"test_auc_{name}_ci_high": auc.high})
+def occlusion_metrics(model, images: np.ndarray, y: np.ndarray, p_full: np.ndarray, pos: int, device: Device, train_grey: float,
+                      resampling: Resampling, prefix: str = "test") -> dict[str, float]:
+    """The shortcut check: AUC with the lung box hidden and with all but it hidden, under both
+    fills (the training set's mean grey; the visible part's mean), with 95 % intervals, and the
+    AUC the box alone loses; and the figure of the inputs."""
+    inputs = occluded_inputs(images, train_grey)
+    occluded = {name: predict_proba(model, x, 64, device)[:, pos] for name, x in inputs.items()}
+    check = occlusion_check(y, p_full, occluded, resampling)
+    metrics = {f"{prefix}_auc_{name}{suffix}": check[name][key] for name in check if name != "full"
+               for suffix, key in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"))}
     example = np.asarray(images[:1])
+    shown = {name: inputs[name][:1] for name in inputs}
     figure = plots.occlusion_inputs(
-        [example[0], hide_lungs(example)[0], hide_outside(example)[0]],
-        ["as is", f"lungs hidden: AUC {metrics['test_auc_lungs_hidden']:.3f}", f"outside hidden: AUC {metrics['test_auc_outside_hidden']:.3f}"],
+        [example[0]] + [shown[name][0] for name in inputs],
+        ["as is"] + [f"{name.replace('_fill_visible', ' (visible mean)').replace('_', ' ')}: AUC {check[name]['value']:.3f}" for name in inputs],
         box_pixels(*example.shape[1:]),
-        "shortcut check: the test set scored three ways (lung box in orange)",
+        f"shortcut check: the {prefix} set scored five ways (lung box in orange; fill: training mean grey {train_grey:.0f}, or the visible part's mean)",
     )
     tracking.log_figure(figure, "plots/occlusion.png")
     plots.close(figure)
@@ -206,12 +224,14 @@ def saliency_metrics(train_run, settings: dict, data, called: np.ndarray, seed: 
     return {"saliency_in_lung_box": float(np.nanmean(share_in_box(heat)))}
 
 
-def patient_disjoint_metrics(rows, labels: dict, probs: dict, classes: list[str], pattern: str) -> dict[str, float]:
-    """Accuracy of val and test on images of patients train has seen and of those it has not."""
+def patient_disjoint_metrics(rows, units: np.ndarray, labels: dict, probs: dict, classes: list[str], threshold: float) -> dict[str, float]:
+    """Accuracy (at the operating threshold) of val and test on images whose unit train holds
+    (patient, identical picture, near-duplicate) and of those it does not."""
     metrics, pos = {}, positive_index(classes)
+    in_train = set(units[[r.split == "train" for r in rows]].tolist())
     for split in ("val", "test"):
-        seen = seen_in_train(rows, split, pattern)
-        right = (probs[split][:, pos] >= 0.5) == (labels[split] == pos)
+        seen = np.isin(units[[r.split == split for r in rows]], list(in_train))
+        right = (probs[split][:, pos] >= threshold) == (labels[split] == pos)
         for name, members in (("seen", seen), ("unseen", ~seen)):
             metrics[f"{split}_n_{name}_patients"] = int(members.sum())
             if members.any():

@@ -37,11 +37,15 @@ from pipeline import plots, serving, tracking
 from pipeline.config import DataConfig, FitConfig, ModelConfig, ResumeConfig, UserError, as_params, from_params
 from pipeline.data import Preparation
 from pipeline.distributed import World, launch, under_torchrun
-from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, pick_device, predict_proba, setup_training, train_classifier
+from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, pick_device, predict_logits, setup_training, train_classifier
 from pipeline.analysis.gap import calibration
-from pipeline.calibration import TemperatureScaled, apply_temperature, fit_temperature
+from pipeline.calibration import TemperatureScaled, cross_fitted, fit_temperature, softmax
 from pipeline.metrics import operating_threshold, positive_index
 from pipeline.steps.prepare import data_params
+from pipeline.data.checks import units_of
+
+# Folds of validation for the cross-fitted calibration error.
+CALIBRATION_FOLDS = 5
 
 
 @dataclass
@@ -240,14 +244,14 @@ def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> 
         return _log_outcome(setup, model, state, features_s, checkpoint_dir, features)
 
 
-def val_probabilities(setup: TrainingSetup, model, features) -> np.ndarray:
-    """The kept model's class probabilities on validation, once: through the head alone on the
-    cached features in frozen mode (the backbone has already seen these images), else the model."""
+def val_logits(setup: TrainingSetup, model, features) -> np.ndarray:
+    """The kept model's logits on validation, once: through the head alone on the cached
+    features in frozen mode (the backbone has already seen these images), else the model."""
     if features is None:
-        return predict_proba(model, setup.prep.data.images("val"), setup.fit.batch_size, setup.device)
+        return predict_logits(model, setup.prep.data.images("val"), setup.fit.batch_size, setup.device)
     with torch.inference_mode():
         logits = model.head(features.splits["val"].to(setup.device.torch_device))
-    return torch.softmax(logits.float(), 1).cpu().numpy()
+    return logits.float().cpu().numpy()
 
 
 def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float, checkpoint_dir: Path, features) -> str:
@@ -266,10 +270,10 @@ def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float
     plots.close(figure)
     # The logged model is the classifier, or with calibrate=true the classifier and its temperature;
     # best.pt keeps the classifier's own weights (usable as weights= of a later run).
-    probs = val_probabilities(setup, model, features)
-    exported = model
+    logits = val_logits(setup, model, features)
+    probs, exported = softmax(logits), model
     if setup.fit.calibrate:
-        temperature, probs = calibrated(setup, probs)
+        temperature, probs = calibrated(setup, logits)
         exported = TemperatureScaled(model, temperature).eval()
     operating = operating_point(setup, probs)
     mlflow.log_metric("operating_threshold", operating.threshold)
@@ -286,18 +290,23 @@ def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float
     return info.model_uri
 
 
-def calibrated(setup: TrainingSetup, probs: np.ndarray) -> tuple[float, np.ndarray]:
-    """Temperature scaling fitted on validation: T and the calibrated validation probabilities;
-    the expected calibration error before and after is logged."""
+def calibrated(setup: TrainingSetup, logits: np.ndarray) -> tuple[float, np.ndarray]:
+    """Temperature scaling fitted on the validation logits: T and the calibrated validation
+    probabilities. The expected calibration error after it is cross-fitted (each fold of
+    validation calibrated by a T fitted on the others, whole patients per fold), so it is not
+    judged on the images T was fitted on; logged beside the error before."""
     data = setup.prep.data
     pos = positive_index(data.classes)
     labels = data.labels("val")
-    temperature = fit_temperature(np.log(np.clip(probs, 1e-12, 1.0)), labels)
-    after = apply_temperature(probs, temperature)
-    before_ece, after_ece = (calibration(labels == pos, p[:, pos])["ece"] for p in (probs, after))
+    temperature = fit_temperature(logits, labels)
+    rows = data.manifest()
+    units = units_of(rows, setup.data.patient_pattern, setup.data.near_duplicate_bits)[[r.split == "val" for r in rows]]
+    held_out = cross_fitted(logits, labels, units, CALIBRATION_FOLDS, setup.seed)
+    before_ece, after_ece = (calibration(labels == pos, p[:, pos])["ece"] for p in (softmax(logits), held_out))
     mlflow.log_metrics({"temperature": temperature, "val_ece_before_calibration": before_ece, "val_ece_after_calibration": after_ece})
-    print(f"calibrated on validation: temperature {temperature:.3f}, expected calibration error {before_ece:.4f} -> {after_ece:.4f}")
-    return temperature, after
+    print(f"calibrated on validation: temperature {temperature:.3f}, expected calibration error {before_ece:.4f} -> {after_ece:.4f} "
+          f"({CALIBRATION_FOLDS}-fold cross-fitted)")
+    return temperature, softmax(logits, temperature)
 
 
 def operating_point(setup: TrainingSetup, probs: np.ndarray) -> serving.OperatingPoint:
