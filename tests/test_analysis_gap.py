@@ -104,8 +104,13 @@ def test_the_orders_disagreeing_in_sign_leave_the_balance_undecided():
     y_val, p_val = exact(3000, 0.8, 0.99, 0.70)
     y_test, p_test = exact(3000, 0.3, 0.70, 0.99)
     c = gap_causes(y_val, p_val, np.zeros(3000, bool), y_test, p_test, 0.5, seed=0)["causes"]
-    assert c["prevalence_at_val_rates"]["value"] > 2 and c["prevalence_at_test_rates"]["value"] < -2
+    assert c["prevalence_at_val_rates"]["ci_low"] > 2 and c["prevalence_at_test_rates"]["ci_high"] < -2
     assert c["prevalence"]["verdict"] == "undecided"
+    # A noise-level opposite sign in one order does not overturn a clear verdict (review of issue 19).
+    y_test, p_test = exact(3000, 0.3, 0.745, 0.755)
+    y_val, p_val = exact(3000, 0.5, 0.9, 0.6)
+    c = gap_causes(y_val, p_val, np.zeros(3000, bool), y_test, p_test, 0.5, seed=0)["causes"]
+    assert c["prevalence_at_test_rates"]["ci_low"] < 0 < c["prevalence_at_test_rates"]["ci_high"] and c["prevalence"]["verdict"] == "supported"
 
 
 def correlated_patients(rng, n, right_rate):

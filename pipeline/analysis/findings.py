@@ -70,7 +70,8 @@ def gap_findings(analysis: dict) -> list[str]:
             + "the epoch's and the learning rate's shares are not measured. "
             f"A threshold chosen on test would add {c['threshold_oracle']['value']:.1f} points (an oracle, to explain only)."
         )
-        if np.sign(c["prevalence_at_val_rates"]["value"]) * np.sign(c["prevalence_at_test_rates"]["value"]) < 0:
+        orders = (c["prevalence_at_val_rates"], c["prevalence_at_test_rates"])
+        if (orders[0]["ci_low"] > 0 and orders[1]["ci_high"] < 0) or (orders[0]["ci_high"] < 0 and orders[1]["ci_low"] > 0):
             out.append(f"{name}: the class balance's effect depends on whose rates are held fixed ({c['prevalence_at_val_rates']['value']:+.1f} points "
                        f"at validation's, {c['prevalence_at_test_rates']['value']:+.1f} at test's): undecided.")
         for cause in CAUSE_WORDS:

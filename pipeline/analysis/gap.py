@@ -211,9 +211,11 @@ def gap_causes(
         causes[name] = {"value": value, "ci_low": low, "ci_high": high}
     for name in CAUSES:
         causes[name]["verdict"] = verdict(causes[name]["ci_low"], causes[name]["ci_high"])
-    orders = [causes[f"prevalence_at_{o}_rates"]["value"] for o in ("val", "test")]
-    if orders[0] * orders[1] < 0 and max(abs(o) for o in orders) > RULED_OUT_POINTS:
-        causes["prevalence"]["verdict"] = "undecided"  # the two orders disagree in sign: whose rates hold decides it
+    orders = [causes[f"prevalence_at_{o}_rates"] for o in ("val", "test")]
+    above, below = ([o["ci_low"] > 0 for o in orders], [o["ci_high"] < 0 for o in orders])
+    if (above[0] and below[1]) or (below[0] and above[1]):
+        # Each order sure of its sign, and the signs disagree: whose rates hold decides the cause.
+        causes["prevalence"]["verdict"] = "undecided"
     for split in ("val", "test"):
         c = causes[f"overconfidence_{split}"]
         c["overconfident"] = bool(c["value"] > OVERCONFIDENCE_POINTS and c["ci_low"] > 0)
