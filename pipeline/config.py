@@ -242,6 +242,11 @@ def label_list(name: str, value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
 
 
+# No radiograph comes near this (a 43 x 43 cm detector at 0.1 mm is 18.5 Mpx); a file above it is
+# refused from its header, before any pixel is decoded: a few hundred kB of PNG can claim 13,000 x
+# 13,000 16-bit pixels, gigabytes once decoded.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+
 DEFAULT_PATIENT_PATTERN = r"^(?P<patient>person\d+_(?:bacteria|virus)|(?:NORMAL2-)?IM-\d+)"
 
 
@@ -258,6 +263,7 @@ class DataConfig:
     positive_labels: tuple[str, ...] = option((), label_list, "CSV source: findings (comma-separated) that make a row PNEUMONIA, every other NORMAL ('' = the label column holds NORMAL/PNEUMONIA or 0/1)")
     test_list: str = option("", text, "CSV source without a split column: a file naming the test images, one per line (e.g. NIH's test_list.txt)")
     test_fraction: float = option(0.2, number(0.0, 0.5, high_open=False), "CSV source with neither split column nor test_list: share held out as test, by patient")
+    max_image_pixels: int = option(DEFAULT_MAX_IMAGE_PIXELS, integer(1, 10**10), "images larger than this many pixels (width x height, DICOM included) are refused from their header, before decoding: listed as unreadable with their size")
     near_duplicate_bits: int = option(16, integer(0, 254), "images whose perceptual hashes differ in at most this many of 255 bits are near-duplicates: one unit with their copy in the split, the seen masks and every interval")
 
 
@@ -326,6 +332,7 @@ class PredictConfig:
     model_uri: str = option("", text, "model to use (models:/..., runs:/.../model)")
     input: str = option("", text, "an image file or a folder of images")
     output: str = option("predictions.csv", text, "CSV file to write")
+    overwrite: bool = option(False, boolean, "replace output if it is an existing CSV file (else refused)")
     threshold: float | None = option(None, threshold_or_auto, "probability of the positive class at which to call it (auto = the threshold stored with the model)")
 
 

@@ -78,7 +78,11 @@ def resolve_weights(backbone: str, spec: str, seed: int) -> Weights:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"weights file {path} cannot be loaded as a state_dict (weights_only=True): {e}") from None
+        # PyTorch's own message suggests weights_only=False, which would run whatever code the file holds.
+        raise UserError(
+            f"weights file {path} is not a file of tensors PyTorch can load safely ({type(e).__name__}): give a state_dict saved with "
+            "torch.save(model.state_dict(), path), such as checkpoints/best.pt of a train run or torchvision's .pth, or pass weights=none"
+        ) from None
     state_dict = _unwrap_state_dict(loaded, path)
     file_hash = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return Weights(state_dict, IMAGENET_MEAN, IMAGENET_STD, f"file-{file_hash}")

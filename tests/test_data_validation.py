@@ -99,7 +99,7 @@ def test_without_a_pattern_only_identical_images_are_grouped():
 def test_too_few_patients_is_a_user_error():
     pool = [SourceImage(f"train/{c}/person1_virus_{k}.jpeg", "train", c) for c in CLASSES for k in range(6)]
     with pytest.raises(UserError, match="too few to hold out"):
-        split_by_patient(pool, [None] * len(pool), CLASSES, 0.2, 0, DEFAULT_PATIENT_PATTERN)
+        split_by_patient(pool, [f"picture{k}" for k in range(len(pool))], CLASSES, 0.2, 0, DEFAULT_PATIENT_PATTERN)
 
 
 def add_kaggle_patients(root):

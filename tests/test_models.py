@@ -93,7 +93,7 @@ def test_weights_of_another_architecture_name_the_keys(tmp_path):
     with pytest.raises(UserError, match=r"do not fit ResNet: .*unexpected: layer1\.2\."):
         build_classifier("resnet18", resolve_weights("resnet18", str(tmp_path / "r34.pth"), 0), 2, False, 0)
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="cannot be loaded as a state_dict"):
+    with pytest.raises(UserError, match="is not a file of tensors PyTorch can load safely"):
         resolve_weights("resnet18", str(tmp_path / "junk.pth"), 0)
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(UserError, match="does not hold a state_dict"):

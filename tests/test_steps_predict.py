@@ -41,14 +41,14 @@ def test_predict_on_a_folder_reports_broken_files_per_file(trained, tmp_path):
     assert ((good["p_NORMAL"] + good["p_PNEUMONIA"]).round(5) == 1).all()
     assert (good["probability"] == good["p_PNEUMONIA"]).all()
     assert "3 images" in result.stdout and "1 unreadable" in result.stdout and "broken.jpeg" in result.stdout
-    assert "1 other files ignored: notes.txt (not an image extension (.txt))" in result.stdout
+    assert "1 other file ignored: notes.txt (not an image extension (.txt))" in result.stdout
 
 
 def test_threshold_moves_the_calls(trained, tmp_path):
     model_uri, data = trained
     image = sorted((data / "test" / "NORMAL").iterdir())[0]
     for threshold, label in ((0.001, "PNEUMONIA"), (0.999, "NORMAL")):
-        table = predict.run(PredictConfig(model_uri=model_uri, input=str(image), output=str(tmp_path / "p.csv"), threshold=threshold))
+        table = predict.run(PredictConfig(model_uri=model_uri, input=str(image), output=str(tmp_path / f"p{threshold}.csv"), threshold=threshold))
         assert table["label"].tolist() == [label]
 
 

@@ -81,6 +81,7 @@ def locate_dataset(config: DataConfig) -> Located:
         split_settings += f"|test {config.test_fraction}"
     if plan.source == "split" or cut_test(listing):
         split_settings += f"|near {config.near_duplicate_bits}"
+    split_settings += f"|max pixels {config.max_image_pixels}"  # decides which files are readable
     # Files by size and modification time: a changed file changes the key; the data digest
     # itself (content) is computed from the bytes the decoding reads anyway.
     identities = [image.stat_identity() for image in listing.images]
@@ -100,7 +101,7 @@ def prepare_dataset(config: DataConfig, located: Located | None = None) -> Prepa
     data = load_entry(folder)
     cache_reused = data is not None
     if data is None:
-        decoded = decode_images(listing.images, config.image_size, scratch=folder.parent)
+        decoded = decode_images(listing.images, config.image_size, scratch=folder.parent, max_pixels=config.max_image_pixels)
         try:
             images, how = listing.images, None
             units = dict(content_hashes=decoded.content_hashes(), perceptual_hashes=decoded.perceptual_hashes(),
@@ -115,7 +116,7 @@ def prepare_dataset(config: DataConfig, located: Located | None = None) -> Prepa
                 folder,
                 images,
                 decoded,
-                digest=dataset_digest(listing.classes, images, decoded.fingerprints()),
+                digest=dataset_digest(listing.classes, images, decoded.fingerprints(), f"max pixels {config.max_image_pixels}"),
                 classes=listing.classes,
                 image_size=config.image_size,
                 source=listing.location,
@@ -138,5 +139,6 @@ def prepare_dataset(config: DataConfig, located: Located | None = None) -> Prepa
         ignored=listing.ignored,
         patient_pattern=config.patient_pattern,
         near_duplicate_bits=config.near_duplicate_bits,
+        absolute_paths=listing.absolute_paths,
     )
     return Preparation(data, report, located.name, cache_reused)

@@ -21,11 +21,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.data.checks import ManifestRow, read_manifest, write_manifest
+from pipeline.config import DEFAULT_MAX_IMAGE_PIXELS
 from pipeline.data.sources import SourceImage, decode, pixel_hash
 from pipeline.data.units import perceptual_hash
 
 # Bump when decoding, resizing or what an entry holds changes, so older entries are not reused.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 
 def cache_root(setting: str = "") -> Path:
@@ -158,10 +159,10 @@ def _new_array_file(path: Path, shape: tuple[int, ...]) -> int:
 _output: dict[str, int] = {}  # scratch file -> descriptor, one per decoding process
 
 
-def _decode_into(job: tuple[int, SourceImage, int, str, int]):
+def _decode_into(job: tuple[int, SourceImage, int, str, int, int]):
     """Decode one image and write its pixels at its row of the scratch file."""
-    k, image, size, path, offset = job
-    decoded, reason, stored = decode(image)
+    k, image, size, path, offset, max_pixels = job
+    decoded, reason, stored = decode(image, max_pixels)
     if decoded is None:
         return None, reason, stored
     grey, mode = decoded
@@ -172,9 +173,11 @@ def _decode_into(job: tuple[int, SourceImage, int, str, int]):
     return (grey.shape[1], grey.shape[0], mode, pixel_hash(grey), perceptual_hash(resized)), None, stored
 
 
-def decode_images(images: list[SourceImage], image_size: int, workers: int | None = None, scratch: Path | None = None) -> DecodedImages:
+def decode_images(images: list[SourceImage], image_size: int, workers: int | None = None, scratch: Path | None = None,
+                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> DecodedImages:
     """Decode and resize every image once, into a scratch file in `scratch` (default: the
-    system's temporary folder). Memory stays bounded by the workers' images in flight."""
+    system's temporary folder). Memory stays bounded by the workers' images in flight, and each
+    image by `max_pixels` (larger ones are refused from their header)."""
     workers = workers if workers is not None else (os.cpu_count() or 1)
     if scratch is not None:
         scratch.mkdir(parents=True, exist_ok=True)
@@ -182,7 +185,7 @@ def decode_images(images: list[SourceImage], image_size: int, workers: int | Non
     os.close(handle)
     path = Path(name)
     offset = _new_array_file(path, (len(images), image_size, image_size))
-    jobs = ((k, image, image_size, str(path), offset) for k, image in enumerate(images))
+    jobs = ((k, image, image_size, str(path), offset, max_pixels) for k, image in enumerate(images))
     progress = dict(total=len(images), desc="decoding images", unit="img", disable=None)
     try:
         # Files decode in parallel; npz rows are already in memory, where processes only add copying.

@@ -187,6 +187,7 @@ def data_report(
     ignored: list[tuple[str, str]],
     patient_pattern: str,
     near_duplicate_bits: int = NEAR_DUPLICATE_BITS,
+    absolute_paths: int = 0,
 ) -> dict:
     splits = [s for s in SPLIT_ORDER if any(r.split == s for r in rows)]
     counts = {s: {c: 0 for c in classes} for s in splits}
@@ -208,6 +209,7 @@ def data_report(
         "modes": dict(Counter(r.mode for r in rows)),
         "rejected": [{"path": p, "reason": why} for p, why in rejected],
         "ignored": [{"path": p, "reason": why} for p, why in ignored],
+        "absolute_paths": absolute_paths,
         "duplicates": describe_duplicates(rows),
         "near_duplicates": {"max_bits": near_duplicate_bits, "across_splits": near_duplicates_across_splits(rows, near_duplicate_bits)},
         "patients": describe_patients(rows, patient_pattern),
@@ -225,6 +227,7 @@ def render_report(report: dict, max_listed: int = 50) -> str:
         f"- validation: {report['validation']['source']} ({report['validation']['reason']})",
         *([f"- validation split: {report['validation']['how']}"] if report["validation"].get("how") else []),
         f"- images decoded to {report['image_size']} x {report['image_size']} grey",
+        *([f"- {report['absolute_paths']} rows of the label table named absolute paths (taken as given)"] if report.get("absolute_paths") else []),
         f"- original sizes: width {report['width_range'][0]}-{report['width_range'][1]} px, "
         f"height {report['height_range'][0]}-{report['height_range'][1]} px; "
         f"modes: {', '.join(f'{m} ({n})' for m, n in sorted(report['modes'].items()))}",

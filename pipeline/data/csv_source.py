@@ -7,19 +7,21 @@ This is how the large public sets and hospital exports come: NIH ChestX-ray14's
 is a class name (NORMAL / PNEUMONIA, or 0 / 1), or, with `positive_labels`, any text whose
 `|`-separated findings include one of them is PNEUMONIA and every other is NORMAL (NIH's
 "No Finding" and "Effusion" alike). The patient column is what keeps a patient on one side of
-every split. Rows that cannot be used (file missing, label unknown, two labels for one file)
+every split. A relative path that climbs out of the table's folder is a rejected row, never opened;
+absolute paths are taken as given, and the data report counts the rows that used them. Rows that cannot be used (file missing, label unknown, two labels for one file)
 are listed with the reason and the rest go on; identical repeated rows (RSNA's boxes) count once.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import CSV_COLUMN_DEFAULTS, UserError
-from pipeline.data.sources import IMAGE_EXTENSIONS, NPZ_CLASSES, Listing, SourceImage
+from pipeline.data.sources import DEAD_LINK, IMAGE_EXTENSIONS, NPZ_CLASSES, Listing, SourceImage
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 LABEL_ALIASES = {"0": NPZ_CLASSES[0], "1": NPZ_CLASSES[1], "normal": NPZ_CLASSES[0], "pneumonia": NPZ_CLASSES[1]}
@@ -44,7 +46,12 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError:
+        with open(path, "rb") as f:
+            start = f.read(4)
+        found = "UTF-16" if start[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8"
+        raise UserError(f"{path} is {found}: save the table as UTF-8 (in Excel: Save As, 'CSV UTF-8') and run again") from None
+    except (OSError, csv.Error) as e:
         raise UserError(f"cannot read {path} as a CSV table: {e}") from None
     columns = {role: name for role, name in settings.columns.items() if name in header}
     missing = [f"{role}={settings.columns[role]!r}" for role in settings.columns if role not in columns and (role in ("file", "label") or role in settings.explicit)]
@@ -58,6 +65,7 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
         raise UserError(f"{path.name} has a split column ({columns['split']!r}) and test_list is given: use one; set csv_columns split= to a column that does not exist to ignore it")
     finder = FileFinder(root)
     ignored: list[tuple[str, str]] = []
+    absolute = 0
     by_file: dict[str, dict] = {}
     repeated = 0
     for line, row in enumerate(rows, start=2):  # line 1 is the header
@@ -97,6 +105,7 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
         if isinstance(file, str):
             ignored.append((name, file))
             continue
+        absolute += Path(name).is_absolute()
         # Named relative to the table where it lies below it, else as the table gives it (absolute).
         relpath = file.relative_to(root).as_posix() if file.is_relative_to(root) else file.as_posix()
         images.append(SourceImage(relpath, entry["split"], entry["label"], path=file, patient=entry["patient"]))
@@ -107,7 +116,7 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
     classes = sorted({i.label for i in images})
     if len(classes) < 2:
         raise UserError(f"{path.name}: every usable row is {classes[0]}; a classifier needs both classes (check the label column or positive_labels)")
-    return Listing("csv", str(path.resolve()), classes, images, ignored)
+    return Listing("csv", str(path.resolve()), classes, images, ignored, absolute)
 
 
 def _label(value: str, positive: tuple[str, ...]) -> str | None:
@@ -136,8 +145,13 @@ class FileFinder:
         self._by_name: dict[str, list[Path]] | None = None
 
     def find(self, name: str) -> Path | str:
-        """The file, or why there is none."""
+        """The file, or why there is none. A relative name that climbs out of the table's folder
+        (`../../etc/passwd`) is refused unread; an absolute one is taken as given (documented)."""
+        if not Path(name).is_absolute() and os.path.normpath(name).split(os.sep)[0] == os.pardir:
+            return f"outside the table's folder ({self.root}): a relative path must stay below it (give an absolute path to use a file elsewhere)"
         direct = self.root / name
+        if direct.is_symlink() and not direct.exists():
+            return DEAD_LINK
         if direct.is_file():
             return direct
         if self._by_name is None:

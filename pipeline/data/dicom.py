@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 
 import numpy as np
 
-from pipeline.data.errors import UnreadableImage
+from pipeline.data.errors import UnreadableImage, check_pixels
 
 
 def is_dicom(data: bytes) -> bool:
@@ -23,9 +24,10 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def read_dicom(data: bytes) -> tuple[np.ndarray, str]:
+def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
     """The displayed image as grey uint8 and a mode string naming what was read (e.g.
-    `DICOM MONOCHROME1 12-bit`); `UnreadableImage` with the reason otherwise."""
+    `DICOM MONOCHROME1 12-bit`); `UnreadableImage` with the reason otherwise. The header's size
+    is checked against `max_pixels` before any pixel is decoded, and the pixels against it."""
     import pydicom  # only DICOM sources need it
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -36,20 +38,31 @@ def read_dicom(data: bytes) -> tuple[np.ndarray, str]:
         raise UnreadableImage(f"not a readable DICOM file: {e}") from None
     if "PixelData" not in ds:
         raise UnreadableImage("DICOM file without pixel data (a report or structured document?)")
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows < 1 or columns < 1:
+        raise UnreadableImage(f"DICOM header gives no image size (Rows {rows}, Columns {columns})")
+    frames_in_header = int(ds.get("NumberOfFrames", 1) or 1)
+    check_pixels(columns, rows * frames_in_header, max_pixels)
+    if frames_in_header > 1:
+        raise UnreadableImage(f"multi-frame DICOM ({frames_in_header} frames): a radiograph has one; export the frame you mean")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     syntax_name = getattr(syntax, "name", str(syntax))
     # pydicom logs each failed decoder's traceback; the reason goes into the data report instead.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     try:
-        stored = ds.pixel_array
+        with warnings.catch_warnings():  # pydicom warns of excess frames; the shape check below says it
+            warnings.simplefilter("ignore")
+            stored = ds.pixel_array
     except Exception as e:  # pydicom raises RuntimeError/NotImplementedError/ValueError by codec
         hint = " (install pylibjpeg and pylibjpeg-libjpeg/-openjpeg, or python-gdcm, to decode it)" if syntax and syntax.is_compressed else ""
         raise UnreadableImage(f"cannot decode DICOM pixel data in transfer syntax {syntax_name}{hint}: {str(e).splitlines()[0][:200]}") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise UnreadableImage(f"multi-frame DICOM ({frames} frames): a radiograph has one; export the frame you mean")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    samples = int(ds.get("SamplesPerPixel", 1))
+    expected = (rows, columns) if samples == 1 else (rows, columns, samples)
+    if stored.shape != expected:
+        raise UnreadableImage(f"pixel data does not match Rows x Columns: the header says {rows} x {columns}"
+                              f"{'' if samples == 1 else f' x {samples}'}, the pixel data decodes to shape {tuple(stored.shape)}")
+    if samples != 1:
         from PIL import Image
 
         rgb = stored.astype(np.uint8) if stored.dtype != np.uint8 else stored

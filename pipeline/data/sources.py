@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.config import UserError
+from pipeline.config import DEFAULT_MAX_IMAGE_PIXELS, UserError
 from pipeline.data.dicom import is_dicom, read_dicom
-from pipeline.data.errors import UnreadableImage
+from pipeline.data.errors import UnreadableImage, check_pixels
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
@@ -40,7 +41,11 @@ class SourceImage:
     patient: str = ""  # given by the source (a CSV's patient column); else found by patient_pattern
 
     def stored_bytes(self) -> bytes:
-        return self.path.read_bytes() if self.path is not None else np.ascontiguousarray(self.array).tobytes()
+        """The file's bytes (an npz row's array bytes); `UnreadableImage` where the file cannot
+        be read (permissions, a vanished file, an I/O error)."""
+        if self.path is None:
+            return np.ascontiguousarray(self.array).tobytes()
+        return read_file(self.path)
 
     def stat_identity(self) -> str:
         """What tells, without reading it, that a file changed: its size and modification time
@@ -60,9 +65,18 @@ class Listing:
     classes: list[str]
     images: list[SourceImage]
     ignored: list[tuple[str, str]]  # (relative path, reason)
+    absolute_paths: int = 0  # a label table's rows that named absolute paths (taken as given)
 
 
 # -- decoding ---------------------------------------------------------------------------------
+
+def read_file(path: Path) -> bytes:
+    """A file's bytes, or `UnreadableImage` saying why they cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UnreadableImage(f"cannot read the file: {e.strerror or type(e).__name__}") from None
+
 
 _HIGH_BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
@@ -79,6 +93,8 @@ def to_grey(img: Image.Image) -> tuple[np.ndarray, str]:
     img = ImageOps.exif_transpose(img)
     if mode in _HIGH_BIT_MODES:
         values = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise UnreadableImage("pixel values are not all finite (NaN or infinity): no grey level can stand for them")
         lo, hi = float(values.min()), float(values.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         return np.round((values - lo) * scale).astype(np.uint8), mode
@@ -90,20 +106,30 @@ def to_grey(img: Image.Image) -> tuple[np.ndarray, str]:
     return np.asarray(img.convert("L"), dtype=np.uint8), mode
 
 
-def read_image(data: bytes) -> tuple[np.ndarray, str]:
-    """Decode an encoded image (or a DICOM file) to grey; `UnreadableImage` says why when it cannot."""
+def read_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str]:
+    """Decode an encoded image (or a DICOM file) to grey; `UnreadableImage` says why when it
+    cannot. Whatever the file holds, nothing else is raised: a reader fed hostile bytes reports
+    them, it does not fail the run (or the request) around them."""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
-    if is_dicom(data):
-        return read_dicom(data)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        if is_dicom(data):
+            return read_dicom(data, max_pixels)
+        with warnings.catch_warnings():  # PIL's bomb warning: the size is checked here, against our own limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+        with img:
+            check_pixels(*img.size, max_pixels)
             img.load()
             return to_grey(img)
+    except UnreadableImage:
+        raise
     except UnidentifiedImageError:
         raise UnreadableImage("not an image file PIL can identify") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UnreadableImage(f"cannot decode: {e}") from None
+        raise UnreadableImage(f"cannot decode: {str(e)[:300]}") from None
+    except Exception as e:  # a decoder's own failure on bytes it was not made for
+        raise UnreadableImage(f"cannot decode: {type(e).__name__}: {str(e)[:300]}") from None
 
 
 def array_to_grey(array: np.ndarray) -> tuple[np.ndarray, str]:
@@ -132,12 +158,16 @@ def fingerprint(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def decode(image: SourceImage) -> tuple[tuple[np.ndarray, str] | None, str | None, str]:
+def decode(image: SourceImage, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[tuple[np.ndarray, str] | None, str | None, str]:
     """Grey pixels and mode (or None and the reason it is unreadable), and the stored bytes'
-    fingerprint: one read of the file serves both."""
-    data = image.stored_bytes()
+    fingerprint: one read of the file serves both (a file that cannot be read is fingerprinted
+    by the reason, so a change of it still changes the digest)."""
     try:
-        grey = array_to_grey(image.array) if image.array is not None else read_image(data)
+        data = image.stored_bytes()
+    except UnreadableImage as e:
+        return None, str(e), fingerprint(f"unreadable: {e}".encode())
+    try:
+        grey = array_to_grey(image.array) if image.array is not None else read_image(data, max_pixels)
     except UnreadableImage as e:
         return None, str(e), fingerprint(data)
     return grey, None, fingerprint(data)
@@ -185,9 +215,8 @@ def list_folder(root: Path) -> Listing:
             if item.is_file():
                 ignored.append((f"{split}/{item.name}", "not inside a class folder"))
         for label in classes:
-            for file in sorted(p for p in (split_dir / label).rglob("*") if p.is_file()):
+            for file, reason in walk_files(split_dir / label):
                 rel = file.relative_to(root).as_posix()
-                reason = ignore_reason(file)
                 if reason:
                     ignored.append((rel, reason))
                 else:
@@ -201,6 +230,21 @@ def _nested_layout_hint(root: Path) -> str:
         if (child / "train").is_dir() and (child / "test").is_dir():
             return f"; did you mean data_dir={child}?"
     return ""
+
+
+DEAD_LINK = "a symbolic link that cannot be followed (a loop, or its target is missing)"
+
+
+def walk_files(folder: Path) -> list[tuple[Path, str | None]]:
+    """Every file below `folder`, sorted, with why it is not taken as an image (None: it is).
+    A link that leads nowhere (a loop, a missing target) is listed with that reason, never dropped."""
+    found = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            found.append((p, ignore_reason(p)))
+        elif p.is_symlink() and not p.exists():
+            found.append((p, DEAD_LINK))
+    return found
 
 
 def ignore_reason(file: Path) -> str | None:

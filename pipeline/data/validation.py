@@ -67,7 +67,8 @@ def split_by_patient(
     """train/ (with any val/ images folded in) split into train and `held_out` (val, or test for a
     source without one) by unit (patient, identical pixels, near-duplicates), stratified by class
     and seeded; returns the images with their new splits and a sentence saying how."""
-    pool = [k for k, i in enumerate(images) if i.split in (("train", "val") if held_out == "val" else ("train",))]
+    # Unreadable files (no content hash) stay out: they are rejected later and must not be counted.
+    pool = [k for k, i in enumerate(images) if i.split in (("train", "val") if held_out == "val" else ("train",)) and content_hashes[k] is not None]
     compiled = re.compile(pattern) if pattern else None
     groups = unit_groups(
         [patient_of(images[k].relpath, images[k].patient, compiled) for k in pool], [content_hashes[k] for k in pool],

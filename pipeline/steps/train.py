@@ -281,7 +281,7 @@ def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float
     exported.cpu()
     torch.save(model.state_dict(), checkpoint_dir / "best.pt")
     tracking.log_file(checkpoint_dir / "best.pt", "checkpoints")
-    info = serving.log_model(exported, setup.prep.data.image_size, setup.prep.data.classes, operating)
+    info = serving.log_model(exported, setup.prep.data.image_size, setup.prep.data.classes, operating, max_image_pixels=setup.data.max_image_pixels)
     mlflow.set_tag("model_uri", info.model_uri)
     print(
         f"kept epoch {state.best_epoch} (val acc {best.val_acc:.3f}, val loss {best.val_loss:.4f}); "
