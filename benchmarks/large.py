@@ -35,10 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from run import machine  # noqa: E402
+
 from pipeline.data.cache import resize_square  # noqa: E402
 from pipeline.data.sources import read_image  # noqa: E402
 from pipeline.data.synthetic import radiograph  # noqa: E402
-from run import machine  # noqa: E402
 
 BASES = 256  # drawn radiographs; every file is one of them with its own noise, so no two are equal
 SMALL = 32  # the training size: an epoch over 100,000 images in minutes on 2 cores
@@ -95,7 +96,7 @@ def decode_ceiling(root: Path, sample: int, size: int, workers: int) -> float:
 
 CHILD = r"""
 import json, resource, sys, time
-from pipeline.config import DataConfig, FitConfig, ModelConfig
+from pipeline.settings import DataConfig, FitConfig, ModelConfig
 def vm(field):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(field + ":")) / 1024
 task = json.loads(sys.argv[1])
@@ -106,7 +107,7 @@ start = time.perf_counter()
 if task["kind"] == "prepare":
     from pipeline.data import prepare_dataset
     prep = prepare_dataset(DataConfig(data_dir=task["data"], image_size=task["size"], cache_dir=task["cache"], patient_pattern=""))
-    out = {"sizes": prep.data.split_sizes, "root": str(prep.data.root)}
+    out = {"sizes": prep.dataset.split_sizes, "root": str(prep.dataset.root)}
 else:
     from pipeline.engine import setup_training, train_classifier
     data = DataConfig(data_dir=task["data"], image_size=task["size"], cache_dir=task["cache"], patient_pattern="")
@@ -114,8 +115,8 @@ else:
     setup = setup_training(data, ModelConfig(task["backbone"], task["frozen"], "none"), fit)
     model = setup.new_model()
     features = setup.features(model)
-    state = train_classifier(model, setup.prep.data, fit, 1e-3, setup.device, 0, features=features and features.splits)
-    out = {"val_acc": state.history[-1].val_acc, "train_images": setup.prep.data.split_sizes["train"]}
+    state = train_classifier(model, setup.prep.dataset, fit, 1e-3, setup.device, 0, features=features and features.splits)
+    out = {"val_acc": state.history[-1].val_acc, "train_images": setup.prep.dataset.split_sizes["train"]}
 out["seconds"] = time.perf_counter() - start
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so it would report the launcher's memory.
 out["peak_rss_mb"] = vm("VmHWM")
@@ -136,13 +137,18 @@ def streamed_against_in_memory(data: str, cache: str, batches: int, repeats: int
     """Fine-tuning steps on the same batches, from memory and streamed, alternated."""
     import torch
 
-    from pipeline.config import DataConfig, FitConfig, ModelConfig
-    from pipeline.engine import run_epoch, setup_training, source_of
+    from pipeline.engine.device import source_of
+    from pipeline.engine.loop import run_epoch
+    from pipeline.engine.setup import setup_training
     from pipeline.models import parameter_groups
+    from pipeline.settings import DataConfig, FitConfig, ModelConfig
 
-    setup = setup_training(DataConfig(data_dir=data, image_size=SMALL, cache_dir=cache, patient_pattern=""),
-                           ModelConfig(BACKBONE, False, "none"), FitConfig(batch_size=64, device="cpu"))
-    images, labels = setup.prep.data.images("train"), torch.from_numpy(setup.prep.data.labels("train"))
+    setup = setup_training(
+        DataConfig(data_dir=data, image_size=SMALL, cache_dir=cache, patient_pattern=""),
+        ModelConfig(BACKBONE, False, "none"),
+        FitConfig(batch_size=64, device="cpu"),
+    )
+    images, labels = setup.prep.dataset.images("train"), torch.from_numpy(setup.prep.dataset.labels("train"))
     n = batches * 64
     model = setup.new_model()
     optimizer = torch.optim.AdamW(parameter_groups(model, 1e-4, 0.1))
@@ -157,9 +163,14 @@ def streamed_against_in_memory(data: str, cache: str, batches: int, repeats: int
     epoch(in_memory)  # warm-up
     pairs = [(epoch(in_memory), epoch(streamed)) for _ in range(repeats)]
     ratios = [m / s for m, s in pairs]
-    return {"images": n, "in_memory_img_s": n / statistics.median(m for m, _ in pairs),
-            "streamed_img_s": n / statistics.median(s for _, s in pairs), "ratio": statistics.median(ratios),
-            "spread": (min(ratios), max(ratios)), "streamed_class": type(streamed).__name__}
+    return {
+        "images": n,
+        "in_memory_img_s": n / statistics.median(m for m, _ in pairs),
+        "streamed_img_s": n / statistics.median(s for _, s in pairs),
+        "ratio": statistics.median(ratios),
+        "spread": (min(ratios), max(ratios)),
+        "streamed_class": type(streamed).__name__,
+    }
 
 
 def main() -> None:
@@ -184,8 +195,12 @@ def main() -> None:
     split_mb = small["sizes"]["train"] * SMALL * SMALL / 1024**2
     budget_gb = round(split_mb / 1024 / 4, 4)  # a quarter of the train split: it must stream
     print(f"training one epoch, budget {budget_gb} GB ...", flush=True)
-    frozen = child({"kind": "train", "data": str(data), "size": SMALL, "cache": str(cache), "backbone": BACKBONE, "frozen": True, "budget_gb": budget_gb})
-    finetune = child({"kind": "train", "data": str(data), "size": SMALL, "cache": str(cache), "backbone": BACKBONE, "frozen": False, "budget_gb": budget_gb})
+    frozen = child(
+        {"kind": "train", "data": str(data), "size": SMALL, "cache": str(cache), "backbone": BACKBONE, "frozen": True, "budget_gb": budget_gb}
+    )
+    finetune = child(
+        {"kind": "train", "data": str(data), "size": SMALL, "cache": str(cache), "backbone": BACKBONE, "frozen": False, "budget_gb": budget_gb}
+    )
     print("streamed vs in memory ...", flush=True)
     throughput = streamed_against_in_memory(str(data), str(cache), batches=60, repeats=3)
     # The same measure on images of a radiograph's usual size, where decoding is most of the work.
@@ -199,38 +214,63 @@ def main() -> None:
     n = args.images
     rate = n / full["seconds"]
     rows = [
-        (f"prepare {n:,} images at 224 px (listing, content hashes, decode, resize, cache): images per second / PIL's decode-and-resize rate on the same {cores} cores",
-         f"{rate / ceiling:.2f} ({rate:.0f} vs {ceiling:.0f} img/s; {full['seconds']:.0f} s)", ">= 0.9", "met" if rate / ceiling >= 0.9 else "NOT met"),
-        (f"prepare 1,000 images of 1024 x 1024 px at 224 px: images per second / PIL's decode-and-resize rate on the same {cores} cores",
-         f"{big_rate / big_ceiling:.2f} ({big_rate:.0f} vs {big_ceiling:.0f} img/s; {big_prep['seconds']:.1f} s)", ">= 0.9", "met" if big_rate / big_ceiling >= 0.9 else "NOT met"),
-        (f"prepare at 224 px: peak resident memory, main process / largest decoding worker (the decoded splits are {entry_gb:.1f} GB)",
-         f"{full['peak_rss_mb']:.0f} MB / {full['workers_peak_rss_mb']:.0f} MB", "< 1 GB each", "met" if max(full["peak_rss_mb"], full["workers_peak_rss_mb"]) < 1024 else "NOT met"),
-        (f"one frozen epoch ({BACKBONE}, {SMALL} px, {frozen['train_images']:,} train images, features extracted streaming): peak resident memory",
-         f"{frozen['peak_rss_mb']:.0f} MB ({frozen['seconds']:.0f} s)", "< 2 GB", "met" if frozen["peak_rss_mb"] < 2048 else "NOT met"),
-        (f"one fine-tune epoch ({BACKBONE}, {SMALL} px, {finetune['train_images']:,} train images, streamed, budget {budget_gb * 1024:.0f} MB): peak resident memory",
-         f"{finetune['peak_rss_mb']:.0f} MB ({finetune['seconds']:.0f} s)", "< 2 GB", "met" if finetune["peak_rss_mb"] < 2048 else "NOT met"),
-        (f"fine-tune ({BACKBONE}, {SMALL} px, {throughput['images']} images a pass): streamed / in-memory images per second, median of 3 alternated pairs",
-         f"{throughput['ratio']:.2f} ({throughput['streamed_img_s']:.0f} vs {throughput['in_memory_img_s']:.0f} img/s; pairs {throughput['spread'][0]:.2f} to {throughput['spread'][1]:.2f})",
-         ">= 0.9", "met" if throughput["ratio"] >= 0.9 else "NOT met"),
+        (
+            f"prepare {n:,} images at 224 px (listing, content hashes, decode, resize, cache): images per second / PIL's decode-and-resize rate on the same {cores} cores",
+            f"{rate / ceiling:.2f} ({rate:.0f} vs {ceiling:.0f} img/s; {full['seconds']:.0f} s)",
+            ">= 0.9",
+            "met" if rate / ceiling >= 0.9 else "NOT met",
+        ),
+        (
+            f"prepare 1,000 images of 1024 x 1024 px at 224 px: images per second / PIL's decode-and-resize rate on the same {cores} cores",
+            f"{big_rate / big_ceiling:.2f} ({big_rate:.0f} vs {big_ceiling:.0f} img/s; {big_prep['seconds']:.1f} s)",
+            ">= 0.9",
+            "met" if big_rate / big_ceiling >= 0.9 else "NOT met",
+        ),
+        (
+            f"prepare at 224 px: peak resident memory, main process / largest decoding worker (the decoded splits are {entry_gb:.1f} GB)",
+            f"{full['peak_rss_mb']:.0f} MB / {full['workers_peak_rss_mb']:.0f} MB",
+            "< 1 GB each",
+            "met" if max(full["peak_rss_mb"], full["workers_peak_rss_mb"]) < 1024 else "NOT met",
+        ),
+        (
+            f"one frozen epoch ({BACKBONE}, {SMALL} px, {frozen['train_images']:,} train images, features extracted streaming): peak resident memory",
+            f"{frozen['peak_rss_mb']:.0f} MB ({frozen['seconds']:.0f} s)",
+            "< 2 GB",
+            "met" if frozen["peak_rss_mb"] < 2048 else "NOT met",
+        ),
+        (
+            f"one fine-tune epoch ({BACKBONE}, {SMALL} px, {finetune['train_images']:,} train images, streamed, budget {budget_gb * 1024:.0f} MB): peak resident memory",
+            f"{finetune['peak_rss_mb']:.0f} MB ({finetune['seconds']:.0f} s)",
+            "< 2 GB",
+            "met" if finetune["peak_rss_mb"] < 2048 else "NOT met",
+        ),
+        (
+            f"fine-tune ({BACKBONE}, {SMALL} px, {throughput['images']} images a pass): streamed / in-memory images per second, median of 3 alternated pairs",
+            f"{throughput['ratio']:.2f} ({throughput['streamed_img_s']:.0f} vs {throughput['in_memory_img_s']:.0f} img/s; pairs {throughput['spread'][0]:.2f} to {throughput['spread'][1]:.2f})",
+            ">= 0.9",
+            "met" if throughput["ratio"] >= 0.9 else "NOT met",
+        ),
     ]
     command = "python benchmarks/large.py" + "".join(f" {a}" for a in sys.argv[1:])
-    report = "\n".join([
-        f"## {date.today().isoformat()}, larger than memory, cpu",
-        "",
-        f"- machine: {machine()}",
-        f"- command: `{command}`",
-        f"- data: {n:,} generated 224 x 224 JPEG radiographs ({f'written in {generate_s:.0f} s' if generate_s else 'generated by an earlier run'}), splits {small['sizes']}; "
-        f"prepared at 224 px into {entry_gb:.1f} GB of decoded arrays (never all in memory: decoding workers write their rows "
-        "into a scratch file, splits are copied from it by the kernel), then at 32 px for training",
-        f"- peak memory: the kernel's high-water mark of resident memory (VmHWM) of each child process, its imports included "
-        f"(resident before any work: {full['imports_rss_mb']:.0f} MB for prepare, {finetune['imports_rss_mb']:.0f} MB with torch for training); for the decoding workers, the largest ru_maxrss among them (forked from "
-        "the prepare process, so its pages count in theirs)",
-        "",
-        "| measure | result | target | |",
-        "|---|---|---|---|",
-        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
-        "",
-    ])
+    report = "\n".join(
+        [
+            f"## {date.today().isoformat()}, larger than memory, cpu",
+            "",
+            f"- machine: {machine()}",
+            f"- command: `{command}`",
+            f"- data: {n:,} generated 224 x 224 JPEG radiographs ({f'written in {generate_s:.0f} s' if generate_s else 'generated by an earlier run'}), splits {small['sizes']}; "
+            f"prepared at 224 px into {entry_gb:.1f} GB of decoded arrays (never all in memory: decoding workers write their rows "
+            "into a scratch file, splits are copied from it by the kernel), then at 32 px for training",
+            f"- peak memory: the kernel's high-water mark of resident memory (VmHWM) of each child process, its imports included "
+            f"(resident before any work: {full['imports_rss_mb']:.0f} MB for prepare, {finetune['imports_rss_mb']:.0f} MB with torch for training); for the decoding workers, the largest ru_maxrss among them (forked from "
+            "the prepare process, so its pages count in theirs)",
+            "",
+            "| measure | result | target | |",
+            "|---|---|---|---|",
+            *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+            "",
+        ]
+    )
     print("\n" + report)
     path = Path(args.results)
     path.write_text((path.read_text().rstrip() + "\n\n" if path.exists() else "") + report)

@@ -38,18 +38,22 @@ import mlflow
 import torch
 
 from pipeline import serving, tracking
-from pipeline.config import DataConfig, FitConfig, ModelConfig, TuneConfig
 from pipeline.data import prepare_dataset
 from pipeline.data.cache import cache_root
-from pipeline.engine import FeatureCache, extract_features, pick_device, run_epoch, setup_training, source_of, to_model_input, train_classifier
+from pipeline.engine.device import pick_device, source_of, to_model_input
+from pipeline.engine.features import FeatureCache, extract_features
+from pipeline.engine.loop import run_epoch, train_classifier
+from pipeline.engine.setup import setup_training
 from pipeline.models import parameter_groups
+from pipeline.settings import DataConfig, FitConfig, ModelConfig, TuneConfig
 from pipeline.steps import train, tune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tutorial_loop import run_tutorial  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-KERMANY = ROOT.parent / "shared" / "data" / "kermany-2400"
+# A sample of the Kaggle set (2,400 images) beside the checkout, or wherever CXR_KERMANY_DIR says.
+KERMANY = Path(os.environ.get("CXR_KERMANY_DIR", ROOT.parent / "shared" / "data" / "kermany-2400"))
 
 
 @dataclass(frozen=True)
@@ -97,21 +101,35 @@ def frozen_against_tutorial(bench: Bench, source: str) -> dict:
         setup = setup_training(data, model_cfg, fit)  # decodes every image into the new cache
         model = setup.new_model()
         features = setup.features(model)
-        return train_classifier(model, setup.prep.data, fit, 1e-3, setup.device, data.seed, features=features.splits)
+        return train_classifier(model, setup.prep.dataset, fit, 1e-3, setup.device, data.seed, features=features.splits)
 
     seconds, state = timed(pipeline)
-    tutorial = run_tutorial(source, bench.frozen_backbone, bench.image_size, bench.epochs, bench.batch_size, 1e-3,
-                            fit.weight_decay, pick_device(bench.device).torch_device, bench.workers)
-    return {"pipeline_s": seconds, "pipeline_val_acc": state.history[-1].val_acc, "tutorial_s": tutorial["seconds"],
-            "tutorial_val_acc": tutorial["val_acc"], "speedup": tutorial["seconds"] / seconds}
+    tutorial = run_tutorial(
+        source,
+        bench.frozen_backbone,
+        bench.image_size,
+        bench.epochs,
+        bench.batch_size,
+        1e-3,
+        fit.weight_decay,
+        pick_device(bench.device).torch_device,
+        bench.workers,
+    )
+    return {
+        "pipeline_s": seconds,
+        "pipeline_val_acc": state.history[-1].val_acc,
+        "tutorial_s": tutorial["seconds"],
+        "tutorial_val_acc": tutorial["val_acc"],
+        "speedup": tutorial["seconds"] / seconds,
+    }
 
 
 def finetune_against_ceiling(bench: Bench, backbone: str, images_used: int | None) -> dict:
     data, model_cfg, fit = configs(bench, backbone, False)
     setup = setup_training(data, model_cfg, fit)
     device = setup.device
-    images = setup.prep.data.images("train")
-    labels = torch.from_numpy(setup.prep.data.labels("train"))
+    images = setup.prep.dataset.images("train")
+    labels = torch.from_numpy(setup.prep.dataset.labels("train"))
     n = images_used or len(images)
     n -= n % bench.batch_size
     inputs = source_of(images[:n], device)
@@ -127,8 +145,11 @@ def finetune_against_ceiling(bench: Bench, backbone: str, images_used: int | Non
         run_epoch(model, inputs, labels[:warm], None, device, bench.batch_size, optimizer, generator, images=True, augment_images=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        seconds, _ = timed(lambda: run_epoch(model, inputs, labels[:n], None, device, bench.batch_size, optimizer, generator,
-                                             images=True, augment_images=fit.augment))
+        seconds, _ = timed(
+            lambda: run_epoch(
+                model, inputs, labels[:n], None, device, bench.batch_size, optimizer, generator, images=True, augment_images=fit.augment
+            )
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()
         return seconds
@@ -175,7 +196,7 @@ def extraction_against_forward(bench: Bench, backbone: str, images_used: int) ->
     if device.channels_last:
         model.to(memory_format=torch.channels_last)
     n = images_used - images_used % bench.batch_size
-    images = setup.prep.data.images("train")[:n]
+    images = setup.prep.dataset.images("train")[:n]
     extract_features(model, images[: bench.batch_size], bench.batch_size, device)  # warm-up
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     pipeline_s, _ = timed(lambda: (extract_features(model, images, bench.batch_size, device), sync()))
@@ -216,8 +237,12 @@ def compile_against_eager(bench: Bench, backbone: str, batches: int) -> dict:
         compile_s, _ = timed(lambda: (compiled(x), sync()))
         fast = rate(compiled)
     saved_per_image = 1 / eager - 1 / fast
-    return {"eager_img_s": eager, "compiled_img_s": fast, "compile_s": compile_s,
-            "break_even_images": compile_s / saved_per_image if saved_per_image > 0 else float("inf")}
+    return {
+        "eager_img_s": eager,
+        "compiled_img_s": fast,
+        "compile_s": compile_s,
+        "break_even_images": compile_s / saved_per_image if saved_per_image > 0 else float("inf"),
+    }
 
 
 def tuning_against_training(bench: Bench, store: Path) -> dict:
@@ -240,8 +265,14 @@ def tuning_against_training(bench: Bench, store: Path) -> dict:
     tune_cfg = TuneConfig(storage=f"sqlite:///{store / 'optuna.db'}", study_name=f"bench-{time.time_ns()}")
     tune_s, _ = timed(lambda: tune.run(data, model_cfg, fit, tune_cfg, bench.trials))
     train_no_export_s = train_s - sum(exports)
-    return {"train_s": train_s, "export_s": sum(exports), "train_no_export_s": train_no_export_s, "tune_s": tune_s,
-            "ratio_to_one_run": tune_s / train_no_export_s, "ratio_to_n_runs": tune_s / (bench.trials * train_no_export_s)}
+    return {
+        "train_s": train_s,
+        "export_s": sum(exports),
+        "train_no_export_s": train_no_export_s,
+        "tune_s": tune_s,
+        "ratio_to_one_run": tune_s / train_no_export_s,
+        "ratio_to_n_runs": tune_s / (bench.trials * train_no_export_s),
+    }
 
 
 def tracking_overhead(bench: Bench, backbone: str, frozen: bool, epochs: int, images: int | None, repeats: int) -> dict:
@@ -252,7 +283,7 @@ def tracking_overhead(bench: Bench, backbone: str, frozen: bool, epochs: int, im
     fit = replace(fit, epochs=epochs)
     setup = setup_training(data, model_cfg, fit)
     if images:  # fine-tune on a subset: the overhead is per epoch, not per image
-        subset = _Subset(setup.prep.data, images)
+        subset = _Subset(setup.prep.dataset, images)
         setup = replace(setup, prep=replace(setup.prep, data=subset))
     features = setup.features(setup.new_model())
 
@@ -263,8 +294,7 @@ def tracking_overhead(bench: Bench, backbone: str, frozen: bool, epochs: int, im
         with tracking.step_run("train", backbone, model_cfg.mode, name="tracking-overhead"):
             start = time.perf_counter()
             recorder = tracking.EpochRecorder(Path(tempfile.mkdtemp())) if record else None
-            train_classifier(model, setup.prep.data, fit, 1e-3, setup.device, 0,
-                             features=features.splits if features else None, on_epoch=recorder)
+            train_classifier(model, setup.prep.dataset, fit, 1e-3, setup.device, 0, features=features.splits if features else None, on_epoch=recorder)
             if recorder is None:
                 return time.perf_counter() - start
             recorder.close()  # every write stored
@@ -276,9 +306,16 @@ def tracking_overhead(bench: Bench, backbone: str, frozen: bool, epochs: int, im
     pairs = [(fit_once(False), fit_once(True)) for _ in range(repeats)]
     without = statistics.median(p[0] for p in pairs)
     differences = sorted(100 * (w - wo) / wo for wo, w in pairs)
-    return {"epoch_s": without / epochs, "run_s": without, "epochs": epochs, "repeats": repeats, "overhead_pct": statistics.median(differences),
-            "spread_pct": (differences[0], differences[-1]), "overhead_ms": 1000 * statistics.median(w - wo for wo, w in pairs),
-            "checkpoint_mb": max(checkpoint_bytes) / 1e6}
+    return {
+        "epoch_s": without / epochs,
+        "run_s": without,
+        "epochs": epochs,
+        "repeats": repeats,
+        "overhead_pct": statistics.median(differences),
+        "spread_pct": (differences[0], differences[-1]),
+        "overhead_ms": 1000 * statistics.median(w - wo for wo, w in pairs),
+        "checkpoint_mb": max(checkpoint_bytes) / 1e6,
+    }
 
 
 class _Subset:
@@ -332,8 +369,8 @@ def main() -> None:
         cache=work / "cache",
     )
     prep_s, prep = timed(lambda: prepare_dataset(DataConfig(data_dir=bench.data_dir, image_size=bench.image_size, cache_dir=str(bench.cache))))
-    source = bench.data_dir or prep.data.source
-    print(f"data: {prep.name} {prep.data.split_sizes} at {bench.image_size} px (decoded once in {prep_s:.1f} s)", flush=True)
+    source = bench.data_dir or prep.dataset.source
+    print(f"data: {prep.name} {prep.dataset.split_sizes} at {bench.image_size} px (decoded once in {prep_s:.1f} s)", flush=True)
 
     results = {}
     print("1/4 frozen: pipeline vs tutorial loop ...", flush=True)
@@ -358,7 +395,11 @@ def main() -> None:
     report = render(results, bench, prep, prep_s, command)
     print("\n" + report)
     path = Path(args.results)
-    previous = path.read_text() if path.exists() else "# Benchmark results\n\nEach section is one run of `benchmarks/run.py`; ratios are measured side by side in that run.\n"
+    previous = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmark results\n\nEach section is one run of `benchmarks/run.py`; ratios are measured side by side in that run.\n"
+    )
     path.write_text(previous.rstrip() + "\n\n" + report)
     shutil.rmtree(work, ignore_errors=True)
 
@@ -368,29 +409,51 @@ def render(r: dict, bench: Bench, prep, prep_s: float, command: str) -> str:
     x, f2, c = r["extract224"], r["finetune224"], r["compile224"]
     device = setup_device_name(bench)
     rows = [
-        ("frozen, {e} epochs ({b}): pipeline (decode into the cache included) vs tutorial loop".format(e=bench.epochs, b=bench.frozen_backbone),
-         f"{f['speedup']:.1f} x faster ({f['pipeline_s']:.1f} s vs {f['tutorial_s']:.1f} s)", ">= 8 x", verdict(f["speedup"] >= 8)),
-        (f"fine-tune ({bench.finetune_backbone}, {ft['images']} images): pipeline / ceiling images per second",
-         f"{ft['ratio']:.2f} ({ft['pipeline_img_s']:.1f} vs {ft['ceiling_img_s']:.1f} img/s)", ">= 0.9", verdict(ft["ratio"] >= 0.9)),
-        (f"tuning: {bench.trials} frozen trials / one frozen train step, both without model export",
-         f"{t['ratio_to_one_run']:.2f} ({t['tune_s']:.1f} s vs {t['train_no_export_s']:.1f} s); {t['ratio_to_n_runs']:.3f} of {bench.trials} runs",
-         "<= 2", verdict(t["ratio_to_one_run"] <= 2)),
+        (
+            f"frozen, {bench.epochs} epochs ({bench.frozen_backbone}): pipeline (decode into the cache included) vs tutorial loop",
+            f"{f['speedup']:.1f} x faster ({f['pipeline_s']:.1f} s vs {f['tutorial_s']:.1f} s)",
+            ">= 8 x",
+            verdict(f["speedup"] >= 8),
+        ),
+        (
+            f"fine-tune ({bench.finetune_backbone}, {ft['images']} images): pipeline / ceiling images per second",
+            f"{ft['ratio']:.2f} ({ft['pipeline_img_s']:.1f} vs {ft['ceiling_img_s']:.1f} img/s)",
+            ">= 0.9",
+            verdict(ft["ratio"] >= 0.9),
+        ),
+        (
+            f"tuning: {bench.trials} frozen trials / one frozen train step, both without model export",
+            f"{t['ratio_to_one_run']:.2f} ({t['tune_s']:.1f} s vs {t['train_no_export_s']:.1f} s); {t['ratio_to_n_runs']:.3f} of {bench.trials} runs",
+            "<= 2",
+            verdict(t["ratio_to_one_run"] <= 2),
+        ),
         *(overhead_row(kind, o, bench) for kind, o in (("fine-tune", of), ("frozen", oz))),
-        (f"224 px, frozen feature extraction ({bench.frozen_backbone}, {x['images']} images, batch {bench.batch_size}): pipeline / forward ceiling images per second",
-         f"{x['ratio']:.2f} ({x['pipeline_img_s']:.1f} vs {x['ceiling_img_s']:.1f} img/s)", ">= 0.9", verdict(x["ratio"] >= 0.9)),
-        (f"224 px, fine-tune ({bench.frozen_backbone}, {f2['images']} images, batch {bench.batch_size}): pipeline / training ceiling images per second",
-         f"{f2['ratio']:.2f} ({f2['pipeline_img_s']:.1f} vs {f2['ceiling_img_s']:.1f} img/s)", ">= 0.9", verdict(f2["ratio"] >= 0.9)),
-        (f"224 px, torch.compile of the backbone's forward ({bench.frozen_backbone}): compiled / eager images per second, compile time, break-even",
-         f"{c['compiled_img_s'] / c['eager_img_s']:.2f} ({c['compiled_img_s']:.1f} vs {c['eager_img_s']:.1f} img/s); compiling took {c['compile_s']:.0f} s, "
-         f"paid back after {c['break_even_images']:,.0f} images", "pays within one extraction of the train split",
-         verdict(c["break_even_images"] <= prep.data.split_sizes["train"])),
+        (
+            f"224 px, frozen feature extraction ({bench.frozen_backbone}, {x['images']} images, batch {bench.batch_size}): pipeline / forward ceiling images per second",
+            f"{x['ratio']:.2f} ({x['pipeline_img_s']:.1f} vs {x['ceiling_img_s']:.1f} img/s)",
+            ">= 0.9",
+            verdict(x["ratio"] >= 0.9),
+        ),
+        (
+            f"224 px, fine-tune ({bench.frozen_backbone}, {f2['images']} images, batch {bench.batch_size}): pipeline / training ceiling images per second",
+            f"{f2['ratio']:.2f} ({f2['pipeline_img_s']:.1f} vs {f2['ceiling_img_s']:.1f} img/s)",
+            ">= 0.9",
+            verdict(f2["ratio"] >= 0.9),
+        ),
+        (
+            f"224 px, torch.compile of the backbone's forward ({bench.frozen_backbone}): compiled / eager images per second, compile time, break-even",
+            f"{c['compiled_img_s'] / c['eager_img_s']:.2f} ({c['compiled_img_s']:.1f} vs {c['eager_img_s']:.1f} img/s); compiling took {c['compile_s']:.0f} s, "
+            f"paid back after {c['break_even_images']:,.0f} images",
+            "pays within one extraction of the train split",
+            verdict(c["break_even_images"] <= prep.dataset.split_sizes["train"]),
+        ),
     ]
     lines = [
         f"## {date.today().isoformat()}, {device}",
         "",
         f"- machine: {machine()}",
         f"- command: `{command}`",
-        f"- data: {prep.name}, {prep.data.split_sizes}, {bench.image_size} x {bench.image_size} px, batch {bench.batch_size}, "
+        f"- data: {prep.name}, {prep.dataset.split_sizes}, {bench.image_size} x {bench.image_size} px, batch {bench.batch_size}, "
         f"weights none (speed does not depend on the values); decoding once took {prep_s:.1f} s",
         f"- frozen val accuracy after {bench.epochs} epochs: pipeline {f['pipeline_val_acc']:.3f}, tutorial loop {f['tutorial_val_acc']:.3f} "
         "(with random weights the tutorial's raw features are tiny and its head barely moves; the pipeline standardises them: "
@@ -405,10 +468,12 @@ def render(r: dict, bench: Bench, prep, prep_s: float, command: str) -> str:
         "|---|---|---|---|",
         *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
         "",
-        *[f"- tracking overhead, {kind}: each epoch's checkpoint ({size(o['checkpoint_mb'])}) is copied in the training thread; the "
-          f"recorder's thread, which shares the {os.cpu_count()} cores with training, writes the newest one and the queued metrics at most "
-          f"once a second; {o['overhead_ms']:+.0f} ms on a run of {o['epochs']} epochs and {o['run_s']:.2f} s"
-          for kind, o in (("fine-tune", of), ("frozen", oz))],
+        *[
+            f"- tracking overhead, {kind}: each epoch's checkpoint ({size(o['checkpoint_mb'])}) is copied in the training thread; the "
+            f"recorder's thread, which shares the {os.cpu_count()} cores with training, writes the newest one and the queued metrics at most "
+            f"once a second; {o['overhead_ms']:+.0f} ms on a run of {o['epochs']} epochs and {o['run_s']:.2f} s"
+            for kind, o in (("fine-tune", of), ("frozen", oz))
+        ],
         "",
     ]
     return "\n".join(lines)

@@ -21,19 +21,27 @@ from torchvision import datasets, transforms
 from pipeline.models import IMAGENET_MEAN, IMAGENET_STD
 
 
-def run_tutorial(data_root: str, backbone: str, image_size: int, epochs: int, batch_size: int, lr: float, weight_decay: float,
-                 device: torch.device, workers: int) -> dict:
+def run_tutorial(
+    data_root: str, backbone: str, image_size: int, epochs: int, batch_size: int, lr: float, weight_decay: float, device: torch.device, workers: int
+) -> dict:
     """Train the head for `epochs` epochs; returns seconds and the last epoch's val accuracy."""
     start = time.perf_counter()
-    transform = transforms.Compose([
-        transforms.Resize((image_size, image_size)),
-        transforms.Grayscale(num_output_channels=3),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.Resize((image_size, image_size)),
+            transforms.Grayscale(num_output_channels=3),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     loaders = {
-        split: DataLoader(datasets.ImageFolder(f"{data_root}/{split}", transform), batch_size=batch_size,
-                          shuffle=split == "train", num_workers=workers, persistent_workers=workers > 0)
+        split: DataLoader(
+            datasets.ImageFolder(f"{data_root}/{split}", transform),
+            batch_size=batch_size,
+            shuffle=split == "train",
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
         for split in ("train", "val")
     }
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from pipeline.analysis.simulation import POWER_LIMIT, monte_carlo_limit, verdict_check
+from pipeline.analysis.verdict_check import POWER_LIMIT, monte_carlo_limit, verdict_check
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 log = logging.getLogger("verdicts")
@@ -54,8 +54,10 @@ def summary(rows, studies: int) -> str:
     worst = max(rows, key=lambda r: r.false_cause_rate)
     planted = [r for r in rows if r.power is not None]
     weakest = min(planted, key=lambda r: r.power)
-    return (f"verdicts: largest false-cause rate {worst.false_cause_rate:.3f} in {worst.scenario} ({worst.cause}) (limit {limit:.3f}); "
-            f"smallest power {weakest.power:.3f} in {weakest.scenario} ({weakest.cause}) (limit {POWER_LIMIT:.2f})")
+    return (
+        f"verdicts: largest false-cause rate {worst.false_cause_rate:.3f} in {worst.scenario} ({worst.cause}) (limit {limit:.3f}); "
+        f"smallest power {weakest.power:.3f} in {weakest.scenario} ({weakest.cause}) (limit {POWER_LIMIT:.2f})"
+    )
 
 
 def main() -> None:
@@ -72,23 +74,25 @@ def main() -> None:
     judged = len(false_cause_rows(rows))
     limit = monte_carlo_limit(args.studies, judged)
     line = summary(rows, args.studies)
-    section = "\n".join([
-        f"## {date.today().isoformat()}, verdict check",
-        "",
-        f"- machine: {platform.processor() or platform.machine()}, command: `python benchmarks/verdicts.py --studies {args.studies} "
-        f"--resamples {args.resamples} --seed {args.seed}` ({elapsed:.0f} s)",
-        f"- {args.studies} simulated studies per scenario, each verdict made as the report makes it (patient bootstrap, "
-        f"{args.resamples} resamples); a verdict names a cause when it says supported or against (gap) or lung_box / "
-        "without_lung_box (shortcut check)",
-        f"- limit on the largest false-cause rate: 0.05 plus the Monte Carlo margin z x sqrt(0.05 x 0.95 / {args.studies}) = {limit:.3f}, "
-        f"z the one-sided normal quantile at 1 - 0.05 / {judged} (Bonferroni over the {judged} rates judged): the bound the largest of "
-        f"{judged} rates of {args.studies} studies stays under with 95 % probability when each is truly 0.05",
-        "",
-        table(rows),
-        "",
-        line,
-        "",
-    ])
+    section = "\n".join(
+        [
+            f"## {date.today().isoformat()}, verdict check",
+            "",
+            f"- machine: {platform.processor() or platform.machine()}, command: `python benchmarks/verdicts.py --studies {args.studies} "
+            f"--resamples {args.resamples} --seed {args.seed}` ({elapsed:.0f} s)",
+            f"- {args.studies} simulated studies per scenario, each verdict made as the report makes it (patient bootstrap, "
+            f"{args.resamples} resamples); a verdict names a cause when it says supported or against (gap) or lung_box / "
+            "without_lung_box (shortcut check)",
+            f"- limit on the largest false-cause rate: 0.05 plus the Monte Carlo margin z x sqrt(0.05 x 0.95 / {args.studies}) = {limit:.3f}, "
+            f"z the one-sided normal quantile at 1 - 0.05 / {judged} (Bonferroni over the {judged} rates judged): the bound the largest of "
+            f"{judged} rates of {args.studies} studies stays under with 95 % probability when each is truly 0.05",
+            "",
+            table(rows),
+            "",
+            line,
+            "",
+        ]
+    )
     print(table(rows))
     print(line)
     with open(args.results, "a") as f:

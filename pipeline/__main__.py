@@ -16,7 +16,11 @@ import signal
 import sys
 from pathlib import Path
 
-from pipeline.config import STEP_SETTINGS, UserError, boolean, parse_cli
+from pipeline import console
+from pipeline.cli import parse_cli
+from pipeline.errors import UserError
+from pipeline.parsers import boolean
+from pipeline.settings import STEP_SETTINGS
 
 STEPS = list(STEP_SETTINGS)
 
@@ -31,8 +35,8 @@ def command_line() -> argparse.ArgumentParser:
     """`python -m pipeline --help`: the steps, each with the first line of its docstring
     (`python -m pipeline <step> --help` lists that step's settings)."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline", description="Transfer learning on chest X-rays, one step at a time; "
-        "python -m pipeline STEP --help lists a step's settings.",
+        prog="python -m pipeline",
+        description="Transfer learning on chest X-rays, one step at a time; python -m pipeline STEP --help lists a step's settings.",
     )
     steps = parser.add_subparsers(dest="step", metavar="STEP")
     for step in STEPS:
@@ -51,7 +55,10 @@ def main(argv: list[str] | None = None) -> None:
         if argv[0] in ("-h", "--help"):
             command_line().print_help()
             return
-        settings = parse_cli(argv[1:], *STEP_SETTINGS[argv[0]], prog=f"python -m pipeline {argv[0]}", description=step_doc(argv[0]))
+        *settings, console_settings = parse_cli(
+            argv[1:], *STEP_SETTINGS[argv[0]], prog=f"python -m pipeline {argv[0]}", description=step_doc(argv[0])
+        )
+        console.configure(console_settings.quiet)
         importlib.import_module(f"pipeline.steps.{argv[0]}").main(*settings)
     except UserError as e:
         if _report_to_launcher(str(e)):  # a launched worker: the launcher says it, once

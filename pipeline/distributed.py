@@ -17,13 +17,14 @@ import signal
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 T = TypeVar("T")
 
@@ -44,7 +45,7 @@ class World:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls, device_type: str) -> "World":
+    def from_environment(cls, device_type: str) -> World:
         """The world torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK), its process group joined;
         a plain process is a world of one."""
         size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -133,8 +134,14 @@ def launch(argv: list[str], nproc: int, env: dict[str, str | None] | None = None
 
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its failure report is ours to give
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0", max_restarts=0, start_method="spawn",
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        start_method="spawn",
     )
     # Each worker gets an equal share of the cores (torchrun's default is one thread each).
     threads = str(max(1, (os.cpu_count() or 1) // nproc))

@@ -28,7 +28,10 @@ def binary_scores(y_true: np.ndarray, p_positive: np.ndarray, threshold: float =
         "sensitivity": skm.recall_score(y_true, y_pred, zero_division=0),
         "specificity": tn / (tn + fp) if tn + fp else 0.0,
         "auc": skm.roc_auc_score(y_true, p_positive) if len(np.unique(y_true)) == 2 else float("nan"),
-        "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
+        "tp": int(tp),
+        "fp": int(fp),
+        "tn": int(tn),
+        "fn": int(fn),
     }
 
 

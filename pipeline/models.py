@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.config import UserError
+from pipeline.errors import UserError
 
 # Their forward passes need more than a Linear head swap (auxiliary outputs, a conv classifier).
 UNSUPPORTED = {"googlenet", "inception_v3", "squeezenet1_0", "squeezenet1_1"}
@@ -51,7 +51,7 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-    def train(self, mode: bool = True) -> "Classifier":
+    def train(self, mode: bool = True) -> Classifier:
         # A fixed feature extractor: batch-norm statistics and dropout stay as in eval, always.
         super().train(mode)
         if self.frozen:
@@ -156,10 +156,7 @@ def load_into(net: nn.Module, state_dict: dict[str, torch.Tensor], head_name: st
             if k.startswith(("backbone.", "head."))
         }
     own = net.state_dict()
-    dropped = [
-        k for k, v in state_dict.items()
-        if k.startswith(head_name + ".") and k in own and own[k].shape != v.shape
-    ]
+    dropped = [k for k, v in state_dict.items() if k.startswith(head_name + ".") and k in own and own[k].shape != v.shape]
     kept = {k: v for k, v in state_dict.items() if k not in dropped}
     mismatched = [k for k, v in kept.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in kept and k not in dropped]

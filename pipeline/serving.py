@@ -42,12 +42,13 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from PIL import Image
 
-from pipeline.config import DEFAULT_MAX_IMAGE_PIXELS
 from pipeline.data.cache import resize_square
 from pipeline.data.sources import UnreadableImage, read_image
 from pipeline.data.synthetic import radiograph
-from pipeline.engine import Device, predict_proba
+from pipeline.engine.device import Device
+from pipeline.engine.loop import predict_proba
 from pipeline.metrics import positive_index
+from pipeline.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 CONFIG_FILE = "cxr_transfer.json"
 # At 224 px on 2 CPU cores a ResNet50 classifies about 5 images a second: 128 images fit in the
@@ -66,12 +67,24 @@ class OperatingPoint:
     rule: str = "the default 0.5"
 
 
-def log_model(model: torch.nn.Module, image_size: int, classes: list[str], operating: OperatingPoint = OperatingPoint(), name: str = "model",
-              max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+def log_model(
+    model: torch.nn.Module,
+    image_size: int,
+    classes: list[str],
+    operating: OperatingPoint = OperatingPoint(),
+    name: str = "model",
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+):
     """Export (pt2, batch dimension dynamic) and log; returns MLflow's ModelInfo."""
     return mlflow.models.Model.log(
-        artifact_path=None, name=name, flavor=sys.modules[__name__], pytorch_model=model, image_size=image_size, classes=classes,
-        operating=operating, max_image_pixels=max_image_pixels,
+        artifact_path=None,
+        name=name,
+        flavor=sys.modules[__name__],
+        pytorch_model=model,
+        image_size=image_size,
+        classes=classes,
+        operating=operating,
+        max_image_pixels=max_image_pixels,
     )
 
 
@@ -82,8 +95,14 @@ def encode_image(pixels: np.ndarray) -> str:
 
 
 def save_model(
-    path: str, mlflow_model, pytorch_model: torch.nn.Module, image_size: int, classes: list[str], operating: OperatingPoint = OperatingPoint(),
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, **kwargs,
+    path: str,
+    mlflow_model,
+    pytorch_model: torch.nn.Module,
+    image_size: int,
+    classes: list[str],
+    operating: OperatingPoint = OperatingPoint(),
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    **kwargs,
 ) -> None:
     # A batch of 2: torch.export turns a batch of 1 into a fixed size, and the model would
     # then refuse any other batch.
@@ -106,8 +125,14 @@ def save_model(
         for f in cache.iterdir():
             f.unlink()
         cache.rmdir()
-    config = {"image_size": image_size, "classes": classes, "threshold": operating.threshold, "threshold_rule": operating.rule,
-              "max_image_pixels": max_image_pixels, "max_request_images": DEFAULT_MAX_REQUEST_IMAGES}
+    config = {
+        "image_size": image_size,
+        "classes": classes,
+        "threshold": operating.threshold,
+        "threshold_rule": operating.rule,
+        "max_image_pixels": max_image_pixels,
+        "max_request_images": DEFAULT_MAX_REQUEST_IMAGES,
+    }
     (root / "data" / CONFIG_FILE).write_text(json.dumps(config))
     # The python_function face: images in, probabilities out.
     mlflow_model.flavors["python_function"]["loader_module"] = __name__
@@ -121,13 +146,19 @@ def save_model(
         # The default is the model's own threshold: a request without one gets it.
         params=ParamSchema([ParamSpec("threshold", "double", float(operating.threshold))]),
     )
-    for stale in ("input_example.json", "serving_input_example.json"):
-        (root / stale).unlink(missing_ok=True)
-    # Synthetic radiographs, not the user's images: a model may be shared where its data may not.
-    pictures = [radiograph(np.random.default_rng(k), image_size, pneumonia=k == 1) for k in range(2)]
-    from mlflow.models.utils import _save_example  # the one way to store a DataFrame example
-
-    _save_example(mlflow_model, pd.DataFrame({"image": [encode_image(p) for p in pictures]}), path)
+    # The python_function face's example, in the MLmodel format's own files: a DataFrame in
+    # pandas' split orient, and the same as a request. Synthetic radiographs, not the user's
+    # images: a model may be shared where its data may not.
+    pictures = [encode_image(radiograph(np.random.default_rng(k), image_size, pneumonia=k == 1)) for k in range(2)]
+    example = {"columns": ["image"], "data": [[p] for p in pictures]}
+    (root / "input_example.json").write_text(json.dumps(example))
+    (root / "serving_input_example.json").write_text(json.dumps({"dataframe_split": example}))
+    mlflow_model.saved_input_example_info = {
+        "artifact_path": "input_example.json",
+        "type": "dataframe",
+        "pandas_orient": "split",
+        "serving_input_path": "serving_input_example.json",
+    }
     mlflow_model.save(str(root / "MLmodel"))
 
 
@@ -157,8 +188,9 @@ def bad_request(message: str) -> MlflowException:
 class ImageClassifier:
     """What `mlflow.pyfunc.load_model` returns for our models."""
 
-    def __init__(self, module: torch.nn.Module, image_size: int, classes: list[str], operating: OperatingPoint = OperatingPoint(),
-                 limits: Limits = Limits()):
+    def __init__(
+        self, module: torch.nn.Module, image_size: int, classes: list[str], operating: OperatingPoint = OperatingPoint(), limits: Limits = Limits()
+    ):
         self.module = module
         self.image_size = image_size
         self.classes = classes
@@ -202,7 +234,9 @@ class ImageClassifier:
         rows, k = [], 0
         for error in errors:
             if error is not None:
-                rows.append({"label": None, "probability": np.nan, **{f"p_{c}": np.nan for c in self.classes}, "threshold": threshold, "error": error})
+                rows.append(
+                    {"label": None, "probability": np.nan, **{f"p_{c}": np.nan for c in self.classes}, "threshold": threshold, "error": error}
+                )
                 continue
             p = probs[k]
             k += 1
@@ -210,8 +244,15 @@ class ImageClassifier:
                 label = self.classes[self.positive] if p[self.positive] >= threshold else self.classes[1 - self.positive]
             else:
                 label = self.classes[int(p.argmax())]
-            rows.append({"label": label, "probability": float(p[self.positive]), **{f"p_{c}": float(v) for c, v in zip(self.classes, p)},
-                         "threshold": threshold, "error": None})
+            rows.append(
+                {
+                    "label": label,
+                    "probability": float(p[self.positive]),
+                    **{f"p_{c}": float(v) for c, v in zip(self.classes, p)},
+                    "threshold": threshold,
+                    "error": None,
+                }
+            )
         table = pd.DataFrame(rows, columns=["label", "probability", *[f"p_{c}" for c in self.classes], "threshold", "error"])
         # None, not NaN, where there is no value: the scoring server's JSON then says null.
         return table.astype(object).where(table.notna(), None)

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-import warnings
-
 import optuna
-from sqlalchemy.engine import make_url
 
-from pipeline.config import SECRET_QUERY_KEYS, UserError
+from pipeline.errors import UserError
+from pipeline.secrets import safe_url
 from pipeline.sqlite_lock import sqlite_setup_lock
 
 # Our own lines say what each trial did; Optuna's would repeat them.
@@ -56,16 +55,6 @@ def resolve_storage(setting: str, tracking_uri: str) -> str:
     return setting or os.environ.get("CXR_OPTUNA_STORAGE") or default_storage(tracking_uri)
 
 
-def safe_url(url: str) -> str:
-    """The storage URL with any password masked (user part and query), fit to log."""
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return url.split("@")[-1].split("?")[0]
-    query = {k: ("***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()}
-    return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
-
-
 def storage(url: str) -> optuna.storages.RDBStorage:
     # Heartbeats let a later worker mark the running trial of a killed worker as failed.
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -92,14 +81,18 @@ def pruner(kind: str, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(name: str, url: str, *, seed: int, pruner_kind: str, epochs: int, lr_range: tuple[float, float], settings: dict[str, str], n_trials: int) -> optuna.Study:
+def open_study(
+    name: str, url: str, *, seed: int, pruner_kind: str, epochs: int, lr_range: tuple[float, float], settings: dict[str, str], n_trials: int
+) -> optuna.Study:
     """Create the study, or load it to add trials. A study is bound to the settings its trials
     were trained with; loading it with others would mix incomparable trials, so it is refused."""
     with sqlite_setup_lock(url):  # creating, then seeding, is one step for workers sharing a file
         return _open_study(name, url, seed=seed, pruner_kind=pruner_kind, epochs=epochs, lr_range=lr_range, settings=settings, n_trials=n_trials)
 
 
-def _open_study(name: str, url: str, *, seed: int, pruner_kind: str, epochs: int, lr_range: tuple[float, float], settings: dict[str, str], n_trials: int) -> optuna.Study:
+def _open_study(
+    name: str, url: str, *, seed: int, pruner_kind: str, epochs: int, lr_range: tuple[float, float], settings: dict[str, str], n_trials: int
+) -> optuna.Study:
     rdb = storage(url)
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
     settings = {**settings, "lr_range": f"{lr_range[0]:g},{lr_range[1]:g}"}

@@ -22,7 +22,8 @@ from pipeline.data.synthetic import write_demo
 from pipeline.experiment import EXPERIMENT_KIND_TAGS, EXPERIMENT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
-KERMANY = ROOT.parent / "shared" / "data" / "kermany-2400"
+# A sample of the Kaggle set (2,400 images) beside the checkout, or wherever CXR_KERMANY_DIR says.
+KERMANY = Path(os.environ.get("CXR_KERMANY_DIR", ROOT.parent / "shared" / "data" / "kermany-2400"))
 
 # Tests talk only to servers they start on this machine: never through a proxy (for the commands
 # they start too), and `local_urlopen` refuses any other host.
@@ -40,7 +41,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(autouse=True)
 def fresh_feature_memory():
     """Each test starts as a new process would: no backbone features in memory."""
-    from pipeline.engine import FeatureCache
+    from pipeline.engine.features import FeatureCache
 
     FeatureCache._memory.clear()
 
@@ -71,8 +72,16 @@ def make_dataset(root: Path, per_class: dict[str, int] | None = None, size: int 
 
 
 def write_dicom(
-    path: Path, pixels, *, photometric: str = "MONOCHROME2", bits: int = 12, slope: float = 1.0, intercept: float = 0.0,
-    window: tuple[float, float] | None = None, patient: str = "P0", compress: str | None = None,
+    path: Path,
+    pixels,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits: int = 12,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+    patient: str = "P0",
+    compress: str | None = None,
 ) -> Path:
     """A single-frame DICOM radiograph written with pydicom: `pixels` are the stored values
     (uint16); optional rescale, window, MONOCHROME1, and RLE compression (pydicom encodes it)."""
@@ -118,7 +127,9 @@ def make_csv_dicom_dataset(root: Path, patients: int = 40, per_patient: int = 2,
             rel = f"dicom/batch{p % 3}/P{p:03d}_{k}.dcm"
             # Every second image is MONOCHROME1 (bright = low), as many CR systems write them.
             inverted = k % 2 == 1
-            write_dicom(root / rel, 4095 - stored if inverted else stored, patient=f"P{p:03d}", photometric="MONOCHROME1" if inverted else "MONOCHROME2")
+            write_dicom(
+                root / rel, 4095 - stored if inverted else stored, patient=f"P{p:03d}", photometric="MONOCHROME1" if inverted else "MONOCHROME2"
+            )
             lines.append(f"{rel},{int(pneumonia)},P{p:03d}")
     table = root / "labels.csv"
     table.write_text("\n".join(lines) + "\n")
@@ -161,6 +172,18 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+def start_mlflow_server(port: int, options: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port` with `options`, in its own session (kill it with
+    os.killpg), its output in `log`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), *options],
+        env=env,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -180,7 +203,10 @@ def ask_served_model(model_uri: str, images: list[str]) -> list[dict]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         wait_for_server(f"http://127.0.0.1:{port}/ping", server, 240)

@@ -7,21 +7,12 @@ from itertools import combinations
 import numpy as np
 
 from pipeline.analysis.shortcuts import LUNG_BOX, shortcut_finding, shortcut_verdict
+from pipeline.analysis.verdicts import CAUSE_WORDS, verdicts_markdown
 from pipeline.data.checks import SPLIT_ORDER
 
 
 def _interval(c: dict, unit: str = " points") -> str:
     return f"{c['value']:+.1f}{unit} [{c['ci_low']:+.1f}, {c['ci_high']:+.1f}]"
-
-
-CAUSE_WORDS = {
-    "leakage": "validation images of patients (or pictures) train also holds, scored better than unseen images of the same class",
-    "prevalence": "the different class balance of validation and test at the model's threshold",
-    "residual": ("what balance and leakage leave unexplained: distribution shift, label noise and chance, and the optimism of choosing "
-                 "the epoch, the learning rate and the threshold on this same validation set"),
-    "seen_in_test": "test images of patients (or pictures) train holds, which lift test accuracy",
-}
-CAUSE_NAMES = {"leakage": "leakage", "prevalence": "prevalence", "residual": "residual", "seen_in_test": "seen in test"}
 
 
 def _untested(test: dict) -> str:
@@ -42,14 +33,19 @@ def comparison_findings(analysis: dict) -> list[str]:
             a, b = (p["acc_a"], p["acc_b"]) if metric == "acc" else (p["auc"]["auc_a"], p["auc"]["auc_b"])
             verdict = _untested(p[metric]) or (
                 f"p = {p[metric]['p_value']:.3g} (Holm {p[metric]['p_holm']:.3g}), "
-                + ("distinguishable" if p[metric]["distinguishable"] else "not distinguishable"))
+                + ("distinguishable" if p[metric]["distinguishable"] else "not distinguishable")
+            )
             parts.append(f"{p['a']} {a:.3f} vs {p['b']} {b:.3f}: {verdict}")
         method = pairs[0][metric].get("method", "")
-        out.append(f"{name} ({method}, paired on the same test images): {len(told)} of {len(pairs)} pairs differ beyond chance "
-                   f"at 5 % after Holm's correction; " + "; ".join(parts) + ".")
+        out.append(
+            f"{name} ({method}, paired on the same test images): {len(told)} of {len(pairs)} pairs differ beyond chance "
+            f"at 5 % after Holm's correction; " + "; ".join(parts) + "."
+        )
     for name, spread in (analysis.get("seeds") or {}).items():
-        out.append(f"Over {spread['n']} training seeds {name} scores test accuracy {spread['test_acc_at_val_threshold_mean']:.3f} +- {spread['test_acc_at_val_threshold_sd']:.3f} "
-                   f"(mean +- sd) and AUC {spread['test_auc_mean']:.3f} +- {spread['test_auc_sd']:.3f}.")
+        out.append(
+            f"Over {spread['n']} training seeds {name} scores test accuracy {spread['test_acc_at_val_threshold_mean']:.3f} +- {spread['test_acc_at_val_threshold_sd']:.3f} "
+            f"(mean +- sd) and AUC {spread['test_auc_mean']:.3f} +- {spread['test_auc_sd']:.3f}."
+        )
     return out
 
 
@@ -65,15 +61,20 @@ def gap_findings(analysis: dict) -> list[str]:
             f"{name}: at its threshold {t['operating_threshold']:.3g}, validation - test gap {_interval(c['gap'])} = leakage {_interval(c['leakage'])} "
             f"+ prevalence {_interval(c['prevalence'])} + residual {_interval(c['residual'])} + seen in test {_interval(c['seen_in_test'])} "
             f"(95 % intervals, {g['interval_method']}). The residual also holds the optimism of choices made on validation: choosing the "
-            + (f"threshold there adds {optimism:+.1f} points to validation accuracy (against a threshold chosen on other folds); "
-               if np.isfinite(optimism) else "threshold's share could not be measured (too few patients to fold); ")
+            + (
+                f"threshold there adds {optimism:+.1f} points to validation accuracy (against a threshold chosen on other folds); "
+                if np.isfinite(optimism)
+                else "threshold's share could not be measured (too few patients to fold); "
+            )
             + "the epoch's and the learning rate's shares are not measured. "
             f"A threshold chosen on test would add {c['threshold_oracle']['value']:.1f} points (an oracle, to explain only)."
         )
         orders = (c["prevalence_at_val_rates"], c["prevalence_at_test_rates"])
         if (orders[0]["ci_low"] > 0 and orders[1]["ci_high"] < 0) or (orders[0]["ci_high"] < 0 and orders[1]["ci_low"] > 0):
-            out.append(f"{name}: the class balance's effect depends on whose rates are held fixed ({c['prevalence_at_val_rates']['value']:+.1f} points "
-                       f"at validation's, {c['prevalence_at_test_rates']['value']:+.1f} at test's): undecided.")
+            out.append(
+                f"{name}: the class balance's effect depends on whose rates are held fixed ({c['prevalence_at_val_rates']['value']:+.1f} points "
+                f"at validation's, {c['prevalence_at_test_rates']['value']:+.1f} at test's): undecided."
+            )
         for cause in CAUSE_WORDS:
             verdicts[cause].setdefault(c[cause]["verdict"], []).append(name)
         seen, unseen = g["patients"]["test_acc_seen_patients"], g["patients"]["test_acc_unseen_patients"]
@@ -97,7 +98,9 @@ def gap_findings(analysis: dict) -> list[str]:
         if by_verdict.get("supported"):
             out.append(f"Supported as a cause of the gap: {words}, for {', '.join(by_verdict['supported'])} (interval above 0).")
         if by_verdict.get("ruled out"):
-            out.append(f"Ruled out as a cause of more than 2 points: {words}, for {', '.join(by_verdict['ruled out'])} (whole interval within +-2 points).")
+            out.append(
+                f"Ruled out as a cause of more than 2 points: {words}, for {', '.join(by_verdict['ruled out'])} (whole interval within +-2 points)."
+            )
         if by_verdict.get("against"):
             out.append(f"Working against the gap (raising test accuracy): {words}, for {', '.join(by_verdict['against'])}.")
         if by_verdict.get("undecided"):
@@ -105,45 +108,6 @@ def gap_findings(analysis: dict) -> list[str]:
         if by_verdict.get("cannot tell"):
             out.append(f"Not measurable here (a class has no unseen image): {words}, for {', '.join(by_verdict['cannot tell'])}.")
     return out
-
-
-def verdict_rows(analysis: dict) -> list[dict]:
-    """The answer, per model: each cause's size, interval, verdict and that verdict's false-cause
-    rate measured on null studies of this design; and the shortcut check's verdict."""
-    rates = (analysis.get("false_cause_rates") or {}).get("rates", {})
-    rows = []
-    for name, g in (analysis.get("gap") or {}).items():
-        for cause in CAUSE_WORDS:
-            c = g["causes"][cause]
-            rows.append({"model": name, "cause": CAUSE_NAMES[cause], "value": c["value"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
-                         "verdict": c["verdict"], "false_cause_rate": rates.get(name, {}).get(cause)})
-    for name, check in (analysis.get("shortcuts") or {}).items():
-        kind, _ = shortcut_verdict(check)
-        hidden = check.get("lungs_hidden", {})
-        rows.append({"model": name, "cause": "shortcut (AUC with the lung box hidden)", "value": hidden.get("value"), "ci_low": hidden.get("ci_low"),
-                     "ci_high": hidden.get("ci_high"), "verdict": kind.replace("_", " "), "false_cause_rate": None})
-    return rows
-
-
-def verdicts_markdown(analysis: dict) -> str:
-    rows = verdict_rows(analysis)
-    if not rows:
-        return ""
-    studies = (analysis.get("false_cause_rates") or {}).get("studies")
-    lines = [
-        "| model | cause | size (accuracy points; AUC for the shortcut) [95 % CI] | verdict | false-cause rate |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        size = "" if r["value"] is None else (f"{r['value']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]" if "shortcut" not in r["cause"]
-                                               else f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
-        rate = f"{r['false_cause_rate']:.2f}" if r["false_cause_rate"] is not None else "see benchmarks/RESULTS.md (verdict check)"
-        lines.append(f"| {r['model']} | {r['cause']} | {size} | {r['verdict']} | {rate} |")
-    note = (f"False-cause rate: how often this verdict names a cause (supported or against) in {studies} simulated studies of this design "
-            "(these sizes, class balances, seen shares and patients) where no cause is present; measured in this run. "
-            if studies else "")
-    return "\n".join(lines) + "\n\n" + note + (
-        "The shortcut verdict's rates are measured on generated images by `python benchmarks/verdicts.py`.\n")
 
 
 def findings(analysis: dict) -> list[str]:
@@ -174,7 +138,9 @@ def findings(analysis: dict) -> list[str]:
         for pair, overlap in patients["overlap"].items():
             a, b = pair.split("-")
             if overlap["n_patients"]:
-                out.append(f"{overlap['n_patients']} {b} patients also have images in {a} ({overlap['n_images'][b]} {b} images): those images test memory of a patient, not diagnosis.")
+                out.append(
+                    f"{overlap['n_patients']} {b} patients also have images in {a} ({overlap['n_images'][b]} {b} images): those images test memory of a patient, not diagnosis."
+                )
         naive = leak.get("naive_key_shared_patients", {})
         right = {pair: o["n_patients"] for pair, o in patients["overlap"].items()}
         for pair, count in naive.items():
@@ -194,12 +160,22 @@ def findings(analysis: dict) -> list[str]:
         out.append(f"PNEUMONIA is {100 * balance['train']:.0f} % of train and {100 * balance['test']:.0f} % of test.")
     auc = analysis["shift"].get("domain_auc")
     if auc is not None:
-        verdict = "clearly distinguishable: the test set comes from a shifted distribution" if auc >= 0.7 else "hard to tell apart: little sign of distribution shift" if auc < 0.6 else "somewhat distinguishable: a mild shift"
-        out.append(f"A classifier on {analysis['shift']['domain_features']} features tells train from test images with AUC {auc:.2f} (0.5 = no difference): {verdict}.")
+        verdict = (
+            "clearly distinguishable: the test set comes from a shifted distribution"
+            if auc >= 0.7
+            else "hard to tell apart: little sign of distribution shift"
+            if auc < 0.6
+            else "somewhat distinguishable: a mild shift"
+        )
+        out.append(
+            f"A classifier on {analysis['shift']['domain_features']} features tells train from test images with AUC {auc:.2f} (0.5 = no difference): {verdict}."
+        )
     stats = analysis["shift"]["image_statistics"]
     if "train" in stats and "test" in stats:
         t, s = stats["train"], stats["test"]
-        out.append(f"Mean intensity is {t['intensity_mean']:.1f} in train and {s['intensity_mean']:.1f} in test; contrast {t['contrast_mean']:.1f} and {s['contrast_mean']:.1f}.")
+        out.append(
+            f"Mean intensity is {t['intensity_mean']:.1f} in train and {s['intensity_mean']:.1f} in test; contrast {t['contrast_mean']:.1f} and {s['contrast_mean']:.1f}."
+        )
     noise = analysis.get("label_noise_candidates")
     if noise is not None:
         out.append(
@@ -224,24 +200,49 @@ def render(analysis: dict, max_listed: int = 30) -> str:
         lines += ["", "Near-duplicate pairs (Hamming distance of the perceptual hashes):", ""]
         lines += [f"- `{p['file_a']}` ~ `{p['file_b']}` ({p['bits']} bits)" for p in leak["near_duplicates_across_splits"][:max_listed]]
     shift = analysis["shift"]
-    lines += ["", "## Distribution shift", "", "| split | % PNEUMONIA | images | mean width | mean height | mean intensity | contrast |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Distribution shift",
+        "",
+        "| split | % PNEUMONIA | images | mean width | mean height | mean intensity | contrast |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for split, s in shift["image_statistics"].items():
-        lines.append(f"| {split} | {100 * shift['class_balance'][split]:.1f} | {s['n']} | {s['width_mean']:.0f} | {s['height_mean']:.0f} | {s['intensity_mean']:.1f} | {s['contrast_mean']:.1f} |")
+        lines.append(
+            f"| {split} | {100 * shift['class_balance'][split]:.1f} | {s['n']} | {s['width_mean']:.0f} | {s['height_mean']:.0f} | {s['intensity_mean']:.1f} | {s['contrast_mean']:.1f} |"
+        )
     if shift.get("domain_auc") is not None:
         lines += ["", f"Train vs test, classifier on {shift['domain_features']} features: AUC {shift['domain_auc']:.3f}."]
     if analysis.get("errors"):
-        lines += ["", "## Errors on test", "", "| model | false positives | false negatives | val acc | test acc | val - test (points) |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Errors on test",
+            "",
+            "| model | false positives | false negatives | val acc | test acc | val - test (points) |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, e in analysis["errors"].items():
-            lines.append(f"| {name} | {e['false_positives']} | {e['false_negatives']} | {e['val_acc']:.3f} | {e['test_acc']:.3f} | {e['val_minus_test_points']:.1f} |")
+            lines.append(
+                f"| {name} | {e['false_positives']} | {e['false_negatives']} | {e['val_acc']:.3f} | {e['test_acc']:.3f} | {e['val_minus_test_points']:.1f} |"
+            )
     if analysis.get("gap"):
-        lines += ["", "## The validation - test gap, cause by cause (accuracy points at each model's threshold, 95 % intervals)", "",
-                  "| model | gap | leakage | prevalence (val rates / test rates) | residual | seen in test | threshold optimism | threshold oracle "
-                  "| val acc seen / unseen | test acc seen / unseen | ECE val / test | overconfidence val / test |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## The validation - test gap, cause by cause (accuracy points at each model's threshold, 95 % intervals)",
+            "",
+            "| model | gap | leakage | prevalence (val rates / test rates) | residual | seen in test | threshold optimism | threshold oracle "
+            "| val acc seen / unseen | test acc seen / unseen | ECE val / test | overconfidence val / test |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, g in analysis["gap"].items():
             c, pt = g["causes"], g["patients"]
-            seen = {split: " / ".join(f"{pt[k]['value']:.3f} (n {pt[k]['n']})" if pt[k]["n"] else "- (n 0)"
-                                      for k in (f"{split}_acc_seen_patients", f"{split}_acc_unseen_patients")) for split in ("val", "test")}
+            seen = {
+                split: " / ".join(
+                    f"{pt[k]['value']:.3f} (n {pt[k]['n']})" if pt[k]["n"] else "- (n 0)"
+                    for k in (f"{split}_acc_seen_patients", f"{split}_acc_unseen_patients")
+                )
+                for split in ("val", "test")
+            }
             lines.append(
                 f"| {name} | {_interval(c['gap'], '')} | {_interval(c['leakage'], '')} {c['leakage']['verdict']} "
                 f"| {_interval(c['prevalence'], '')} {c['prevalence']['verdict']} ({c['prevalence_at_val_rates']['value']:+.1f} / {c['prevalence_at_test_rates']['value']:+.1f}) "
@@ -249,23 +250,38 @@ def render(analysis: dict, max_listed: int = 30) -> str:
                 f"| {c['threshold_optimism']['value']:+.1f} | {c['threshold_oracle']['value']:+.1f} | {seen['val']} | {seen['test']} "
                 f"| {g['calibration']['val']['ece']:.3f} / {g['calibration']['test']['ece']:.3f} | {c['overconfidence_val']['value']:+.1f} / {c['overconfidence_test']['value']:+.1f} |"
             )
-        lines += ["", f"Intervals: {next(iter(analysis['gap'].values()))['interval_method']}.", "",
-                  "Threshold (never chosen on test): test accuracy at 0.5, at the model's threshold (chosen on validation), and at the best test threshold (oracle):", ""]
+        lines += [
+            "",
+            f"Intervals: {next(iter(analysis['gap'].values()))['interval_method']}.",
+            "",
+            "Threshold (never chosen on test): test accuracy at 0.5, at the model's threshold (chosen on validation), and at the best test threshold (oracle):",
+            "",
+        ]
         for name, g in analysis["gap"].items():
             t = g["threshold"]
-            lines.append(f"- {name}: {t['test_acc_at_0.5']:.3f} at 0.5; {t['test_acc_at_threshold']:.3f} at {t['operating_threshold']:.3f} (validation); "
-                         f"{t['oracle_test_acc']:.3f} at {t['oracle_threshold']:.3f} (oracle)")
+            lines.append(
+                f"- {name}: {t['test_acc_at_0.5']:.3f} at 0.5; {t['test_acc_at_threshold']:.3f} at {t['operating_threshold']:.3f} (validation); "
+                f"{t['oracle_test_acc']:.3f} at {t['oracle_threshold']:.3f} (oracle)"
+            )
     if analysis.get("shortcuts"):
-        lines += ["", f"## Shortcut check (lung box x {LUNG_BOX[0]:.2f}-{LUNG_BOX[2]:.2f}, y {LUNG_BOX[1]:.2f}-{LUNG_BOX[3]:.2f} of the image)", "",
-                  "Hidden parts filled with the training set's mean grey, or with the mean of the part left visible.", "",
-                  "| model | test AUC | lungs hidden: training grey / visible mean | only the lungs shown: training grey / visible mean "
-                  "| AUC lost with only the lungs shown | verdict | Grad-CAM heat in the lung box |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Shortcut check (lung box x {LUNG_BOX[0]:.2f}-{LUNG_BOX[2]:.2f}, y {LUNG_BOX[1]:.2f}-{LUNG_BOX[3]:.2f} of the image)",
+            "",
+            "Hidden parts filled with the training set's mean grey, or with the mean of the part left visible.",
+            "",
+            "| model | test AUC | lungs hidden: training grey / visible mean | only the lungs shown: training grey / visible mean "
+            "| AUC lost with only the lungs shown | verdict | Grad-CAM heat in the lung box |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, s in analysis["shortcuts"].items():
-            cell = lambda k: f"{s[k]['value']:.3f} [{s[k]['ci_low']:.3f}, {s[k]['ci_high']:.3f}]" if k in s else "-"  # noqa: E731
+            cell = lambda k, s=s: f"{s[k]['value']:.3f} [{s[k]['ci_low']:.3f}, {s[k]['ci_high']:.3f}]" if k in s else "-"  # noqa: E731
             share = f"{100 * s['saliency_in_lung_box']:.0f} %" if s.get("saliency_in_lung_box") is not None else "-"
-            lines.append(f"| {name} | {cell('full')} | {cell('lungs_hidden')} / {cell('lungs_hidden_fill_visible')} "
-                         f"| {cell('outside_hidden')} / {cell('outside_hidden_fill_visible')} | {cell('loss_outside_hidden')} "
-                         f"| {shortcut_verdict(s)[0].replace('_', ' ')} | {share} |")
+            lines.append(
+                f"| {name} | {cell('full')} | {cell('lungs_hidden')} / {cell('lungs_hidden_fill_visible')} "
+                f"| {cell('outside_hidden')} / {cell('outside_hidden_fill_visible')} | {cell('loss_outside_hidden')} "
+                f"| {shortcut_verdict(s)[0].replace('_', ' ')} | {share} |"
+            )
     noise = analysis.get("label_noise_candidates") or []
     lines += ["", f"## Label-noise candidates: {len(noise)}", ""]
     lines += [f"- `{c['file']}` labelled {c['true_label']}, wrong class at {c['mean_probability_of_wrong_class']:.2f}" for c in noise[:max_listed]]

@@ -91,6 +91,7 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> d
 
 # -- the decomposition, on sums any resample can recompute -----------------------------------
 
+
 def _columns(y: np.ndarray, p: np.ndarray, seen: np.ndarray, threshold: float, bins: int) -> np.ndarray:
     """Per image of one split, the columns whose sums decide every figure: for each class and
     seen/unseen, (member, right); then the calibration sums (per confidence bin: member,
@@ -152,7 +153,7 @@ def verdict(low: float, high: float) -> str:
     Ruled out comes first: a cause of 0.01 points measured to +-0.001 is no cause to name."""
     if not (np.isfinite(low) and np.isfinite(high)):
         return "cannot tell"
-    if -RULED_OUT_POINTS <= low and high <= RULED_OUT_POINTS:
+    if low >= -RULED_OUT_POINTS and high <= RULED_OUT_POINTS:
         return "ruled out"
     if low > 0:
         return "supported"
@@ -179,9 +180,19 @@ def threshold_optimism(y: np.ndarray, p: np.ndarray, units: np.ndarray, threshol
 
 
 def gap_causes(
-    y_val: np.ndarray, p_val: np.ndarray, seen_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray, threshold: float, seed: int,
-    seen_test: np.ndarray | None = None, units_val: np.ndarray | None = None, units_test: np.ndarray | None = None,
-    target_sensitivity: float | None = None, resamples: int = BOOTSTRAP_RESAMPLES, patients_known: bool = True,
+    y_val: np.ndarray,
+    p_val: np.ndarray,
+    seen_val: np.ndarray,
+    y_test: np.ndarray,
+    p_test: np.ndarray,
+    threshold: float,
+    seed: int,
+    seen_test: np.ndarray | None = None,
+    units_val: np.ndarray | None = None,
+    units_test: np.ndarray | None = None,
+    target_sensitivity: float | None = None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    patients_known: bool = True,
 ) -> dict:
     """Every cause of one model's validation - test gap at its operating `threshold`, in accuracy
     points, with 95 % intervals. `y_*` is 1 for the positive class, `p_*` the positive
@@ -248,4 +259,3 @@ def gap_causes(
         },
         "calibration": {"val": calibration(y_val, p_val), "test": calibration(y_test, p_test)},
     }
-

@@ -21,7 +21,7 @@ def naive_patient_pattern(pattern: str) -> str | None:
 def leakage(rows: list[ManifestRow], pattern: str, near_duplicate_bits: int = NEAR_DUPLICATE_BITS) -> dict:
     exact = describe_duplicates(rows)
     near = near_duplicates_across_splits(rows, near_duplicate_bits)
-    exact_pairs = {frozenset((f["path"] for f in g["files"])) for g in exact["across_splits"]}
+    exact_pairs = {frozenset(f["path"] for f in g["files"]) for g in exact["across_splits"]}
     result = {
         "exact_duplicates_across_splits": exact["across_splits"],
         "n_exact_groups_across_splits": exact["n_groups_across_splits"],

@@ -39,8 +39,15 @@ class Resampling:
     patients_known: bool = True
 
     @classmethod
-    def of(cls, units: np.ndarray | None, labels: np.ndarray, seed: int, resamples: int = BOOTSTRAP_RESAMPLES,
-           splits: np.ndarray | None = None, patients_known: bool = True) -> "Resampling":
+    def of(
+        cls,
+        units: np.ndarray | None,
+        labels: np.ndarray,
+        seed: int,
+        resamples: int = BOOTSTRAP_RESAMPLES,
+        splits: np.ndarray | None = None,
+        patients_known: bool = True,
+    ) -> Resampling:
         """Units renumbered 0..K-1 (None: every image its own unit); each stratified by the set of
         (split, label) its images hold. `patients_known`: the units include patients (else only
         copies of one picture link images), which `describe` says."""
@@ -102,8 +109,10 @@ class Resampling:
             who = "one image per patient" if self.patients_known else "patients unknown: images treated as independent"
             return f"exact ({who}); AUC: stratified bootstrap ({draws})"
         if not self.patients_known:
-            return (f"bootstrap of {self.n_units:,} units (patients unknown: images treated as independent, but identical and near-identical "
-                    f"copies of one picture, up to {int(sizes.max())} images, as one; {draws})")
+            return (
+                f"bootstrap of {self.n_units:,} units (patients unknown: images treated as independent, but identical and near-identical "
+                f"copies of one picture, up to {int(sizes.max())} images, as one; {draws})"
+            )
         return f"patient bootstrap ({self.n_units:,} patients or copies of one picture, 1 to {int(sizes.max())} images each; {draws})"
 
 

@@ -53,8 +53,10 @@ def outcome_sample(y: np.ndarray, called: np.ndarray, per_outcome: int, seed: in
     """A fixed, seeded sample of test images of each outcome: (outcome, index)."""
     rng = np.random.default_rng(seed)
     masks = {
-        "true positive": (y == 1) & called, "true negative": (y == 0) & ~called,
-        "false positive": (y == 0) & called, "false negative": (y == 1) & ~called,
+        "true positive": (y == 1) & called,
+        "true negative": (y == 0) & ~called,
+        "false positive": (y == 0) & called,
+        "false negative": (y == 1) & ~called,
     }
     sample = []
     for outcome in OUTCOMES:

@@ -35,12 +35,17 @@ def class_balance(rows: list[ManifestRow], positive: str) -> dict[str, float]:
     return {s: round(float(np.mean([r.label == positive for r in rows if r.split == s])), 4) for s in SPLIT_ORDER if any(r.split == s for r in rows)}
 
 
-def domain_auc(train_features: np.ndarray, test_features: np.ndarray, seed: int = 0) -> float:
-    """Cross-validated AUC of a logistic regression telling train images from test images by
-    their backbone features: 0.5 means the two are indistinguishable (no shift)."""
+def domain_scores(train_features: np.ndarray, test_features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Which set each image is from (0 train, 1 test) and a logistic regression's cross-validated
+    (out-of-fold) score that it is from the second, by its backbone features."""
     x = np.concatenate([train_features, test_features])
     y = np.r_[np.zeros(len(train_features)), np.ones(len(test_features))]
     folds = StratifiedKFold(n_splits=min(5, int(min(len(train_features), len(test_features)))), shuffle=True, random_state=seed)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000, class_weight="balanced"))
-    scores = cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1]
-    return float(roc_auc_score(y, scores))
+    return y, cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1]
+
+
+def domain_auc(train_features: np.ndarray, test_features: np.ndarray, seed: int = 0) -> float:
+    """Cross-validated AUC of a logistic regression telling train images from test images by
+    their backbone features: 0.5 means the two are indistinguishable (no shift)."""
+    return float(roc_auc_score(*domain_scores(train_features, test_features, seed)))

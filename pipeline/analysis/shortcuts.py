@@ -151,8 +151,10 @@ def shortcut_verdict(check: dict[str, dict]) -> tuple[str, str]:
     if below and close:
         return "lung_box", f"with the lung box hidden the AUC interval falls below {SHORTCUT_AUC}, and the box alone loses at most {CLOSE_AUC} of AUC"
     if below:
-        return "cannot_tell", (f"hiding the lung box takes its discrimination away, but the box alone does not keep it either (it loses more "
-                               f"than {CLOSE_AUC} of AUC): the model needs more than the box, or the occlusion itself disturbs it")
+        return "cannot_tell", (
+            f"hiding the lung box takes its discrimination away, but the box alone does not keep it either (it loses more "
+            f"than {CLOSE_AUC} of AUC): the model needs more than the box, or the occlusion itself disturbs it"
+        )
     if any(h["ci_low"] > SHORTCUT_AUC for h in hidden):
         return "cannot_tell", f"the fills disagree: under one the lungs-hidden interval stays above {SHORTCUT_AUC}, under the other it does not"
     return "cannot_tell", f"the lungs-hidden interval spans {SHORTCUT_AUC}: this test set cannot say"
@@ -161,6 +163,7 @@ def shortcut_verdict(check: dict[str, dict]) -> tuple[str, str]:
 def shortcut_finding(name: str, check: dict[str, dict], saliency_in_box: float | None = None) -> str:
     """One sentence from the occlusion intervals of one model, and the share of its Grad-CAM heat
     inside the lung box where it was measured."""
+
     def iv(key: str) -> str:
         c = check[key]
         return f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]"
@@ -170,13 +173,18 @@ def shortcut_finding(name: str, check: dict[str, dict], saliency_in_box: float |
         + (f" and {iv('lungs_hidden_fill_visible')} (filled with the visible part's mean)" if "lungs_hidden_fill_visible" in check else "")
         + f"; with only the lung box shown {iv('outside_hidden')}"
         + (f" and {iv('outside_hidden_fill_visible')}" if "outside_hidden_fill_visible" in check else "")
-        + (f"; {100 * saliency_in_box:.0f} % of its Grad-CAM heat falls in the lung box, which is {100 * box_area():.0f} % of the image"
-           if saliency_in_box is not None else "")
+        + (
+            f"; {100 * saliency_in_box:.0f} % of its Grad-CAM heat falls in the lung box, which is {100 * box_area():.0f} % of the image"
+            if saliency_in_box is not None
+            else ""
+        )
     )
     kind, why = shortcut_verdict(check)
     if kind == "without_lung_box":
-        return (f"{name} separates the classes without the lung box ({figures}): {why}. What it reads outside the box is not "
-                "known from this check, and may not hold on another hospital's images.")
+        return (
+            f"{name} separates the classes without the lung box ({figures}): {why}. What it reads outside the box is not "
+            "known from this check, and may not hold on another hospital's images."
+        )
     if kind == "lung_box":
         return f"{name} relies on the lung box ({figures}): {why}; no sign that it relies on what lies outside it."
     return f"{name}: {figures}; the check cannot tell whether it relies on the lung box: {why}."

@@ -7,9 +7,9 @@ with a given sensitivity and specificity, plus whatever the scenario plants: see
 better (memorisation), another class balance in test (prevalence), other rates in test (a
 shift). A shortcut study draws radiograph-like images whose only class signal lies inside the
 lung box or outside it, and a scorer that reads only that region, and runs the same occlusion
-code the pipeline runs on a model. `benchmarks/verdicts.py` runs the scenarios; the compare
-report runs the null of its own design, so each verdict it prints carries the false-cause rate
-measured at that study's sizes.
+code the pipeline runs on a model. `verdict_check.py` runs every scenario (for
+`benchmarks/verdicts.py`); the compare report runs the null of its own design, so each verdict
+it prints carries the false-cause rate measured at that study's sizes.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ class GapScenario:
         """The verdict each cause should get: supported, against, or absent (any naming is false)."""
         t_sens, t_spec = self.test_sens if self.test_sens is not None else self.sens, self.test_spec if self.test_spec is not None else self.spec
         prevalence = (self.prevalence_val - self.prevalence_test) * ((self.sens + t_sens) - (self.spec + t_spec)) / 2
-        residual = ((self.sens - t_sens) * (self.prevalence_val + self.prevalence_test) + (self.spec - t_spec) * (2 - self.prevalence_val - self.prevalence_test)) / 2
+        residual = (
+            (self.sens - t_sens) * (self.prevalence_val + self.prevalence_test)
+            + (self.spec - t_spec) * (2 - self.prevalence_val - self.prevalence_test)
+        ) / 2
         return {
             "leakage": _direction(self.seen_lift * (self.seen_val > 0)),
             "prevalence": _direction(prevalence),
@@ -85,8 +88,18 @@ def _patients(n: int, sizes: tuple[int, int], rng: np.random.Generator, observed
     return np.repeat(np.arange(len(counts)), counts)
 
 
-def _split(n: int, prevalence: float, seen_share: float, seen_prevalence: float | None, sens: float, spec: float, lift: float,
-           scenario: GapScenario, rng: np.random.Generator, first_unit: int):
+def _split(
+    n: int,
+    prevalence: float,
+    seen_share: float,
+    seen_prevalence: float | None,
+    sens: float,
+    spec: float,
+    lift: float,
+    scenario: GapScenario,
+    rng: np.random.Generator,
+    first_unit: int,
+):
     patient = _patients(n, scenario.images_per_patient, rng, scenario.unit_sizes)
     k = patient.max() + 1
     seen_p = rng.random(k) < seen_share
@@ -114,8 +127,19 @@ def draw_gap_study(scenario: GapScenario, rng: np.random.Generator) -> GapStudy:
 
 
 def gap_verdicts(study: GapStudy, seed: int, resamples: int) -> dict[str, str]:
-    g = gap_causes(study.y_val, study.p_val, study.seen_val, study.y_test, study.p_test, 0.5, seed, study.seen_test,
-                   study.units_val, study.units_test, resamples=resamples)
+    g = gap_causes(
+        study.y_val,
+        study.p_val,
+        study.seen_val,
+        study.y_test,
+        study.p_test,
+        0.5,
+        seed,
+        study.seen_test,
+        study.units_val,
+        study.units_test,
+        resamples=resamples,
+    )
     return {cause: g["causes"][cause]["verdict"] for cause in CAUSES}
 
 
@@ -162,8 +186,15 @@ def design_of(y_val, seen_val, y_test, seen_test, units: np.ndarray, sens: float
     rate = float(np.clip((sens + spec) / 2, 0.5, 0.999)) if np.isfinite(sens + spec) else 0.8
     sizes = np.bincount(np.unique(np.asarray(units), return_inverse=True)[1])
     return GapScenario(
-        n_val=len(y_val), n_test=len(y_test), prevalence_val=float(np.mean(y_val)), prevalence_test=float(np.mean(y_test)),
-        seen_val=float(np.mean(seen_val)), seen_test=float(np.mean(seen_test)), sens=rate, spec=rate, unit_sizes=tuple(sizes.tolist()),
+        n_val=len(y_val),
+        n_test=len(y_test),
+        prevalence_val=float(np.mean(y_val)),
+        prevalence_test=float(np.mean(y_test)),
+        seen_val=float(np.mean(seen_val)),
+        seen_test=float(np.mean(seen_test)),
+        sens=rate,
+        spec=rate,
+        unit_sizes=tuple(sizes.tolist()),
     )
 
 
@@ -276,85 +307,3 @@ def run_pair_scenario(scenario: PairScenario, studies: int, seed: int, resamples
     for k in range(studies):
         tally.add(pair_study_verdicts(scenario, _stream(seed, scenario, k), seed + k, resamples))
     return tally
-
-
-# -- the verdict check: every scenario, every verdict ----------------------------------------
-
-# Kaggle-sized studies: about 1,000 validation and 624 test images, patients of 1-5 images.
-GAP_SCENARIOS = {
-    "a. no shift (the null)": GapScenario(seen_test=0.2),
-    "b. seen and unseen differ only in class mix": GapScenario(seen_val=0.4, seen_prevalence_val=0.9),
-    "c. memorisation: seen images 5 points better": GapScenario(seen_val=0.5, seen_lift=5.0),
-    "d. prevalence shift only": GapScenario(prevalence_val=0.74, prevalence_test=0.625, sens=0.97, spec=0.75),
-    # Not judged: how the power of (c) and the false causes of (a) move with a stronger correlation.
-    "g. as (a), outcomes of one patient more alike (0.6)": GapScenario(seen_test=0.2, correlation=0.6),
-    "h. as (c), outcomes of one patient more alike (0.6)": GapScenario(seen_val=0.5, seen_lift=5.0, correlation=0.6),
-}
-SHORTCUT_SCENARIOS = {
-    "a. no shift (the null)": ShortcutScenario("nowhere"),
-    "e. class signal only inside the lung box": ShortcutScenario("inside"),
-    "f. class signal only outside it (a corner marker)": ShortcutScenario("outside"),
-}
-PAIR_SCENARIOS = {
-    "i. two models alike (AUC 0.90 both)": PairScenario(0.90, 0.90),
-    "j. one model better (AUC 0.95 against 0.88)": PairScenario(0.95, 0.88),
-}
-# The cause each judged scenario plants, whose power is judged; (g) and (h) show how the rates
-# move with the correlation, and are printed, not judged.
-PLANTED = {"c": ("leakage", "supported"), "d": ("prevalence", "supported"), "e": ("shortcut", "lung_box"), "f": ("shortcut", "without_lung_box"),
-           "h": ("leakage", "supported"), "j": ("paired auc", "distinguishable")}
-JUDGED = set("abcdefij")
-NOMINAL_RATE = 0.05
-POWER_LIMIT = 0.80
-
-
-def monte_carlo_limit(studies: int, rates: int = 1, nominal: float = NOMINAL_RATE, confidence: float = 0.95) -> float:
-    """The largest false-cause rate a check may show when every one of its `rates` verdicts,
-    each measured on `studies` studies, truly names a false cause `nominal` of the time: nominal
-    plus z x sqrt(nominal (1 - nominal) / studies), z the one-sided normal quantile at
-    1 - (1 - confidence) / rates (Bonferroni: the largest of many rates is judged, and by chance
-    alone one of 14 rates at 5 % passes a single rate's 95 % margin nearly half the time)."""
-    z = float(stats.norm.ppf(1 - (1 - confidence) / rates))
-    return nominal + z * float(np.sqrt(nominal * (1 - nominal) / studies))
-
-
-@dataclass
-class CheckRow:
-    scenario: str
-    cause: str
-    truth: str
-    rates: dict[str, float]  # verdict -> share of studies
-    false_cause_rate: float
-    power: float | None  # where the scenario plants this cause
-    judged: bool = True
-
-
-def verdict_check(studies: int, resamples: int, seed: int = 0) -> list[CheckRow]:
-    """Every scenario run `studies` times; per scenario and cause, the share of each verdict,
-    the false-cause rate and (for the planted cause) the power."""
-    rows = []
-    for name, scenario in GAP_SCENARIOS.items():
-        tally, truth = run_gap_scenario(scenario, studies, seed, resamples), scenario.truth()
-        for cause in CAUSES:
-            rows.append(_row(name, cause, truth[cause], tally))
-    for name, scenario in SHORTCUT_SCENARIOS.items():
-        tally = run_shortcut_scenario(scenario, studies, seed, resamples)
-        rows.append(_row(name, "shortcut", scenario.truth(), tally))
-    for name, scenario in PAIR_SCENARIOS.items():
-        tally = run_pair_scenario(scenario, studies, seed, resamples)
-        rows += [_row(name, cause, scenario.truth(), tally) for cause in ("paired acc", "paired auc")]
-    return rows
-
-
-def _row(name: str, cause: str, truth: str, tally: Tally) -> CheckRow:
-    letter = name[0]
-    rates = {v: c / tally.n for v, c in sorted(tally.counts.get(cause, {}).items())}
-    if cause == "shortcut":
-        false = sum(r for v, r in rates.items() if v != "cannot_tell" and v != truth)
-    elif cause.startswith("paired"):
-        false = rates.get("distinguishable", 0.0) if truth == "absent" else 0.0
-    else:
-        false = false_cause_rate(tally, cause, truth)
-    planted = PLANTED.get(letter)
-    power = tally.rate(cause, (planted[1],)) if planted and planted[0] == cause else None
-    return CheckRow(name, cause, truth, rates, false, power, letter in JUDGED)

@@ -130,8 +130,15 @@ def delong_test(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray) -> dict
         return {"auc_a": auc_a, "auc_b": auc_b, "difference": difference, **untested, **note, "method": "DeLong"}
     se = float(np.sqrt(variance))
     z = stats.norm.ppf(1 - ALPHA / 2)
-    return {"auc_a": auc_a, "auc_b": auc_b, "difference": difference, "ci_low": difference - z * se, "ci_high": difference + z * se,
-            "p_value": float(2 * stats.norm.sf(abs(difference) / se)), "method": "DeLong"}
+    return {
+        "auc_a": auc_a,
+        "auc_b": auc_b,
+        "difference": difference,
+        "ci_low": difference - z * se,
+        "ci_high": difference + z * se,
+        "p_value": float(2 * stats.norm.sf(abs(difference) / se)),
+        "method": "DeLong",
+    }
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -147,15 +154,18 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def bootstrap_paired(resampling: Resampling, y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, right_a: np.ndarray,
-                     right_b: np.ndarray) -> tuple[dict, dict]:
+def bootstrap_paired(
+    resampling: Resampling, y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, right_a: np.ndarray, right_b: np.ndarray
+) -> tuple[dict, dict]:
     """Accuracy and AUC differences (a - b) tested on the same patient resamples."""
     sums = resampling.resampled_sums(np.c_[right_a, right_b, np.ones(len(y))])
     acc_diff = (sums[:, 0] - sums[:, 1]) / sums[:, 2]
     auc_a, auc_b = resampled_auc(resampling, y, score_a, score_b)
     results = []
-    for samples, point in ((acc_diff, float(right_a.mean() - right_b.mean())),
-                           (auc_a - auc_b, float(roc_auc_score(y, score_a) - roc_auc_score(y, score_b)))):
+    for samples, point in (
+        (acc_diff, float(right_a.mean() - right_b.mean())),
+        (auc_a - auc_b, float(roc_auc_score(y, score_a) - roc_auc_score(y, score_b))),
+    ):
         low, high = percentile_interval(samples)
         spread = np.nanstd(samples)
         result = {"difference": point, "ci_low": low, "ci_high": high, "method": f"paired {resampling.describe()}"}

@@ -11,20 +11,21 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import DataConfig, column_map
 from pipeline.data.cache import PreparedData, build_entry, cache_root, decode_images, entry_folder, load_entry
 from pipeline.data.checks import check_every_class_present, data_report
 from pipeline.data.csv_source import CsvSettings, list_csv
 from pipeline.data.sources import Listing, SourceImage, list_source
 from pipeline.data.synthetic import demo_dataset
 from pipeline.data.validation import ValidationPlan, choose_validation, split_by_patient
+from pipeline.parsers import column_map
+from pipeline.settings import DataConfig
 
 __all__ = ["Located", "Preparation", "PreparedData", "dataset_digest", "locate_dataset", "prepare_dataset"]
 
 
 @dataclass
 class Preparation:
-    data: PreparedData
+    dataset: PreparedData
     report: dict
     name: str  # a short name for the data set, shown in the MLflow UI
     cache_reused: bool
@@ -67,7 +68,13 @@ def locate_dataset(config: DataConfig) -> Located:
         location, kind = Path(data_dir), None
         # a table is named with its folder: NIH's and RSNA's tables alone say little
         suffix = location.suffix.lower()
-        name = location.stem if suffix == ".npz" else f"{location.resolve().parent.name}-{location.stem}" if suffix == ".csv" else location.resolve().name
+        name = (
+            location.stem
+            if suffix == ".npz"
+            else f"{location.resolve().parent.name}-{location.stem}"
+            if suffix == ".csv"
+            else location.resolve().name
+        )
     if location.suffix.lower() == ".csv" and location.is_file():
         listing = list_csv(location, CsvSettings(column_map(config.csv_columns), config.positive_labels, config.test_list))
     else:
@@ -85,7 +92,9 @@ def locate_dataset(config: DataConfig) -> Located:
     # Files by size and modification time: a changed file changes the key; the data digest
     # itself (content) is computed from the bytes the decoding reads anyway.
     identities = [image.stat_identity() for image in listing.images]
-    folder = entry_folder(root, dataset_digest(listing.classes, listing.images, identities, f"{listing.location}|{split_settings}"), config.image_size)
+    folder = entry_folder(
+        root, dataset_digest(listing.classes, listing.images, identities, f"{listing.location}|{split_settings}"), config.image_size
+    )
     return Located(listing, kind, name, plan, folder)
 
 
@@ -104,8 +113,14 @@ def prepare_dataset(config: DataConfig, located: Located | None = None) -> Prepa
         decoded = decode_images(listing.images, config.image_size, scratch=folder.parent, max_pixels=config.max_image_pixels)
         try:
             images, how = listing.images, None
-            units = dict(content_hashes=decoded.content_hashes(), perceptual_hashes=decoded.perceptual_hashes(),
-                         near_duplicate_bits=config.near_duplicate_bits, pattern=config.patient_pattern, seed=config.seed, classes=listing.classes)
+            units = dict(
+                content_hashes=decoded.content_hashes(),
+                perceptual_hashes=decoded.perceptual_hashes(),
+                near_duplicate_bits=config.near_duplicate_bits,
+                pattern=config.patient_pattern,
+                seed=config.seed,
+                classes=listing.classes,
+            )
             if cut_test(listing):
                 images, how_test = split_by_patient(images, fraction=config.test_fraction, held_out="test", **units)
             if plan.source == "split":

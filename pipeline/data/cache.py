@@ -20,10 +20,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.console import bars_disabled
 from pipeline.data.checks import ManifestRow, read_manifest, write_manifest
-from pipeline.config import DEFAULT_MAX_IMAGE_PIXELS
 from pipeline.data.sources import SourceImage, decode, pixel_hash
 from pipeline.data.units import perceptual_hash
+from pipeline.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 # Bump when decoding, resizing or what an entry holds changes, so older entries are not reused.
 FORMAT_VERSION = 5
@@ -173,8 +174,9 @@ def _decode_into(job: tuple[int, SourceImage, int, str, int, int]):
     return (grey.shape[1], grey.shape[0], mode, pixel_hash(grey), perceptual_hash(resized)), None, stored
 
 
-def decode_images(images: list[SourceImage], image_size: int, workers: int | None = None, scratch: Path | None = None,
-                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> DecodedImages:
+def decode_images(
+    images: list[SourceImage], image_size: int, workers: int | None = None, scratch: Path | None = None, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> DecodedImages:
     """Decode and resize every image once, into a scratch file in `scratch` (default: the
     system's temporary folder). Memory stays bounded by the workers' images in flight, and each
     image by `max_pixels` (larger ones are refused from their header)."""
@@ -186,7 +188,7 @@ def decode_images(images: list[SourceImage], image_size: int, workers: int | Non
     path = Path(name)
     offset = _new_array_file(path, (len(images), image_size, image_size))
     jobs = ((k, image, image_size, str(path), offset, max_pixels) for k, image in enumerate(images))
-    progress = dict(total=len(images), desc="decoding images", unit="img", disable=None)
+    progress = dict(total=len(images), desc="decoding images", unit="img", disable=bars_disabled())
     try:
         # Files decode in parallel; npz rows are already in memory, where processes only add copying.
         if workers > 1 and len(images) >= 64 and images[0].path is not None:

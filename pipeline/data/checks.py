@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import UserError
 from pipeline.data.units import NEAR_DUPLICATE_BITS, hash_bits, near_duplicate_index_pairs, patient_of, unit_groups
+from pipeline.errors import UserError
 
 SPLIT_ORDER = ("train", "val", "test")
 
@@ -47,8 +47,17 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> None:
 def read_manifest(path: Path) -> list[ManifestRow]:
     with open(path, newline="") as f:
         return [
-            ManifestRow(r["path"], r["split"], r["label"], int(r["width"]), int(r["height"]), r["mode"], r["content_hash"], r.get("patient", ""),
-                        r.get("phash", ""))
+            ManifestRow(
+                r["path"],
+                r["split"],
+                r["label"],
+                int(r["width"]),
+                int(r["height"]),
+                r["mode"],
+                r["content_hash"],
+                r.get("patient", ""),
+                r.get("phash", ""),
+            )
             for r in csv.DictReader(f)
         ]
 
@@ -113,8 +122,9 @@ def units_of(rows: list[ManifestRow], pattern: str, near_duplicate_bits: int = N
     """The unit of independence of every row (manifest order): patient, identical pixels or
     near-duplicate, linked through every split (`units.unit_groups`)."""
     compiled = re.compile(pattern) if pattern else None
-    return unit_groups([patient_of(r.path, r.patient, compiled) for r in rows], [r.content_hash for r in rows],
-                       [r.phash for r in rows], near_duplicate_bits)
+    return unit_groups(
+        [patient_of(r.path, r.patient, compiled) for r in rows], [r.content_hash for r in rows], [r.phash for r in rows], near_duplicate_bits
+    )
 
 
 def patients_known(rows: list[ManifestRow], pattern: str) -> bool:
@@ -123,8 +133,9 @@ def patients_known(rows: list[ManifestRow], pattern: str) -> bool:
     return any(patient_of(r.path, r.patient, compiled) for r in rows)
 
 
-def seen_in_train(rows: list[ManifestRow], split: str, pattern: str, near_duplicate_bits: int = NEAR_DUPLICATE_BITS,
-                  units: np.ndarray | None = None) -> np.ndarray:
+def seen_in_train(
+    rows: list[ManifestRow], split: str, pattern: str, near_duplicate_bits: int = NEAR_DUPLICATE_BITS, units: np.ndarray | None = None
+) -> np.ndarray:
     """For each image of `split` (manifest order): does train hold its patient, its exact pixels
     or a near-duplicate of it (its unit)? Such an image tests memory of a child or a picture, not
     diagnosis. `units`: `units_of(rows, ...)` where the caller has it already."""
@@ -239,7 +250,9 @@ def render_report(report: dict, max_listed: int = 50) -> str:
     ]
     for split, per_class in report["counts"].items():
         shares = [f"{100 * report['balance'][split][c]:.1f}" for c in classes]
-        lines.append(f"| {split} | " + " | ".join(str(per_class[c]) for c in classes) + f" | {report['totals'][split]} | " + " | ".join(shares) + " |")
+        lines.append(
+            f"| {split} | " + " | ".join(str(per_class[c]) for c in classes) + f" | {report['totals'][split]} | " + " | ".join(shares) + " |"
+        )
     for title, key in (("Rejected files (could not be decoded)", "rejected"), ("Ignored files", "ignored")):
         entries = report[key]
         lines += ["", f"## {title}: {len(entries)}", ""]
@@ -259,18 +272,24 @@ def render_report(report: dict, max_listed: int = 50) -> str:
         lines.append("- " + ", ".join(f"`{f['path']}` ({f['split']}, {f['label']})" for f in group["files"]))
     near = report.get("near_duplicates")
     if near is not None:
-        lines += ["", f"## Near-duplicates across splits (perceptual hashes within {near['max_bits']} of 255 bits)", "",
-                  f"{len(near['across_splits'])} pairs; each counts as one unit with its partner (the validation split keeps them together, "
-                  "and a test image near a train image counts as seen).", ""]
-        lines += [f"- `{p['file_a']}` ({p['split_a']}) ~ `{p['file_b']}` ({p['split_b']}): {p['bits']} bits" for p in near["across_splits"][:max_listed]]
+        lines += [
+            "",
+            f"## Near-duplicates across splits (perceptual hashes within {near['max_bits']} of 255 bits)",
+            "",
+            f"{len(near['across_splits'])} pairs; each counts as one unit with its partner (the validation split keeps them together, "
+            "and a test image near a train image counts as seen).",
+            "",
+        ]
+        lines += [
+            f"- `{p['file_a']}` ({p['split_a']}) ~ `{p['file_b']}` ({p['split_b']}): {p['bits']} bits" for p in near["across_splits"][:max_listed]
+        ]
     patients = report["patients"]
     lines += ["", "## Patients", ""]
     if not patients["checked"]:
         lines.append("Not checked (patient_pattern is empty and the source gives no patient ids).")
     else:
         lines += [
-            f"Key: {patients['key']}; {patients['images_with_id']} images carry a patient id, "
-            f"{patients['images_without_id']} do not.",
+            f"Key: {patients['key']}; {patients['images_with_id']} images carry a patient id, {patients['images_without_id']} do not.",
             "",
             "| splits | shared patients | their images |",
             "|---|---|---|",
@@ -280,6 +299,10 @@ def render_report(report: dict, max_listed: int = 50) -> str:
             lines.append(f"| {a} & {b} | {o['n_patients']} | {o['n_images'][a]} in {a}, {o['n_images'][b]} in {b} |")
         for pair, o in patients["overlap"].items():
             if o["patients"]:
-                lines += ["", f"Shared by {pair.replace('-', ' and ')}: " + ", ".join(p["patient"] for p in o["patients"][:max_listed])
-                          + (f" ... ({o['n_patients']} in all)" if o["n_patients"] > max_listed else "")]
+                lines += [
+                    "",
+                    f"Shared by {pair.replace('-', ' and ')}: "
+                    + ", ".join(p["patient"] for p in o["patients"][:max_listed])
+                    + (f" ... ({o['n_patients']} in all)" if o["n_patients"] > max_listed else ""),
+                ]
     return "\n".join(lines) + "\n"

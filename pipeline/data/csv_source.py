@@ -20,10 +20,20 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import CSV_COLUMN_DEFAULTS, UserError
 from pipeline.data.sources import DEAD_LINK, IMAGE_EXTENSIONS, NPZ_CLASSES, Listing, SourceImage
+from pipeline.errors import UserError
+from pipeline.parsers import CSV_COLUMN_DEFAULTS
 
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
 LABEL_ALIASES = {"0": NPZ_CLASSES[0], "1": NPZ_CLASSES[1], "normal": NPZ_CLASSES[0], "pneumonia": NPZ_CLASSES[1]}
 
 
@@ -54,7 +64,11 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
     except (OSError, csv.Error) as e:
         raise UserError(f"cannot read {path} as a CSV table: {e}") from None
     columns = {role: name for role, name in settings.columns.items() if name in header}
-    missing = [f"{role}={settings.columns[role]!r}" for role in settings.columns if role not in columns and (role in ("file", "label") or role in settings.explicit)]
+    missing = [
+        f"{role}={settings.columns[role]!r}"
+        for role in settings.columns
+        if role not in columns and (role in ("file", "label") or role in settings.explicit)
+    ]
     if missing:
         raise UserError(
             f"{path.name} has no column for {', '.join(missing)} (its columns: {', '.join(header) or 'none'}); "
@@ -62,7 +76,9 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
         )
     test_names = _read_test_list(root / settings.test_list) if settings.test_list else None
     if test_names is not None and "split" in columns:
-        raise UserError(f"{path.name} has a split column ({columns['split']!r}) and test_list is given: use one; set csv_columns split= to a column that does not exist to ignore it")
+        raise UserError(
+            f"{path.name} has a split column ({columns['split']!r}) and test_list is given: use one; set csv_columns split= to a column that does not exist to ignore it"
+        )
     finder = FileFinder(root)
     ignored: list[tuple[str, str]] = []
     absolute = 0
@@ -76,7 +92,9 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
             continue
         label = _label(row.get(columns["label"]) or "", settings.positive_labels)
         if label is None:
-            ignored.append((f"{where} {name}", f"unknown label {row.get(columns['label'])!r} (expected NORMAL/PNEUMONIA or 0/1, or give positive_labels)"))
+            ignored.append(
+                (f"{where} {name}", f"unknown label {row.get(columns['label'])!r} (expected NORMAL/PNEUMONIA or 0/1, or give positive_labels)")
+            )
             continue
         split = "train"
         if "split" in columns:
@@ -112,7 +130,11 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
     if repeated:
         ignored.append((path.name, f"{repeated} repeated rows (same file, label, split and patient) counted once"))
     if not images:
-        raise UserError(f"{path.name}: no usable row ({len(ignored)} listed as unusable; first: {ignored[0][0]}: {ignored[0][1]})" if ignored else f"{path.name} has no rows")
+        raise UserError(
+            f"{path.name}: no usable row ({len(ignored)} listed as unusable; first: {ignored[0][0]}: {ignored[0][1]})"
+            if ignored
+            else f"{path.name} has no rows"
+        )
     classes = sorted({i.label for i in images})
     if len(classes) < 2:
         raise UserError(f"{path.name}: every usable row is {classes[0]}; a classifier needs both classes (check the label column or positive_labels)")
@@ -167,4 +189,3 @@ class FileFinder:
             if len(found) > 1:
                 return f"{len(found)} files named {candidate} under {self.root} ({', '.join(str(f.relative_to(self.root)) for f in found[:3])}); give the path in the table"
         return f"listed in the table but not found under {self.root}"
-

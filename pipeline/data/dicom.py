@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 
-from pipeline.data.errors import UnreadableImage, check_pixels
+from pipeline.data.unreadable import UnreadableImage, check_pixels
 
 
 def is_dicom(data: bytes) -> bool:
@@ -60,8 +60,10 @@ def read_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
     samples = int(ds.get("SamplesPerPixel", 1))
     expected = (rows, columns) if samples == 1 else (rows, columns, samples)
     if stored.shape != expected:
-        raise UnreadableImage(f"pixel data does not match Rows x Columns: the header says {rows} x {columns}"
-                              f"{'' if samples == 1 else f' x {samples}'}, the pixel data decodes to shape {tuple(stored.shape)}")
+        raise UnreadableImage(
+            f"pixel data does not match Rows x Columns: the header says {rows} x {columns}"
+            f"{'' if samples == 1 else f' x {samples}'}, the pixel data decodes to shape {tuple(stored.shape)}"
+        )
     if samples != 1:
         from PIL import Image
 

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.config import DEFAULT_MAX_IMAGE_PIXELS, UserError
 from pipeline.data.dicom import is_dicom, read_dicom
-from pipeline.data.errors import UnreadableImage, check_pixels
+from pipeline.data.unreadable import UnreadableImage, check_pixels
+from pipeline.errors import UserError
+from pipeline.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = {".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom"}
@@ -69,6 +70,7 @@ class Listing:
 
 
 # -- decoding ---------------------------------------------------------------------------------
+
 
 def read_file(path: Path) -> bytes:
     """A file's bytes, or `UnreadableImage` saying why they cannot be read."""
@@ -264,9 +266,7 @@ def _check_classes(classes_per_split: dict[str, list[str]], images: list[SourceI
     all_classes = sorted({c for cs in classes_per_split.values() for c in cs})
     for split, classes in classes_per_split.items():
         if len(classes) < 2:
-            raise UserError(
-                f"{split}/ must hold at least two class folders (e.g. NORMAL/ and PNEUMONIA/); found: {described}"
-            )
+            raise UserError(f"{split}/ must hold at least two class folders (e.g. NORMAL/ and PNEUMONIA/); found: {described}")
         if classes != all_classes:
             lacking = [c for c in all_classes if c not in classes]
             raise UserError(f"{split}/ lacks the class folder(s) {', '.join(lacking)}; every split needs the same classes: {described}")
@@ -290,8 +290,7 @@ def list_npz(path: Path) -> Listing:
         missing = [k for k in expected if k not in archive.files]
         if missing:
             raise UserError(
-                f"{path} lacks the key(s) {', '.join(missing)}; a MedMNIST file holds "
-                f"{', '.join(expected)} (found: {', '.join(archive.files)})"
+                f"{path} lacks the key(s) {', '.join(missing)}; a MedMNIST file holds {', '.join(expected)} (found: {', '.join(archive.files)})"
             )
         images: list[SourceImage] = []
         for split in SPLITS:

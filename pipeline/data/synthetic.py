@@ -118,10 +118,7 @@ def radiograph(rng: np.random.Generator, size: int, pneumonia: bool) -> np.ndarr
         for _ in range(rng.integers(1, 4)):
             side = rng.choice([-1, 1])
             cx, cy = side * rng.uniform(0.25, 0.5), rng.uniform(-0.3, 0.45)
-            patch = sum(
-                _blob(x, y, cx + rng.normal(0, 0.07), cy + rng.normal(0, 0.07), rng.uniform(0.04, 0.12))
-                for _ in range(rng.integers(3, 7))
-            )
+            patch = sum(_blob(x, y, cx + rng.normal(0, 0.07), cy + rng.normal(0, 0.07), rng.uniform(0.04, 0.12)) for _ in range(rng.integers(3, 7)))
             texture = 0.6 + 0.4 * rng.random(image.shape)
             amplitude = rng.uniform(12, 22) if faint else rng.uniform(25, 55)
             image += np.clip(patch, 0, 1.5) * texture * lungs * amplitude

@@ -105,7 +105,10 @@ def _all_pairs(bits: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def unit_groups(
-    patients: list[str | None], content_hashes: list[str | None], phashes: list[str] | None = None, max_bits: int = NEAR_DUPLICATE_BITS,
+    patients: list[str | None],
+    content_hashes: list[str | None],
+    phashes: list[str] | None = None,
+    max_bits: int = NEAR_DUPLICATE_BITS,
 ) -> np.ndarray:
     """A unit number per image: images linked by a patient id, identical decoded pixels or
     perceptual hashes within `max_bits` (directly or through a chain of such links) share one;

@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from pipeline.config import UserError
 from pipeline.data.sources import SourceImage
 from pipeline.data.units import NEAR_DUPLICATE_BITS, patient_of, unit_groups
+from pipeline.errors import UserError
 
 # Fewer validation images of a class than this cannot choose an epoch, a learning rate or a
 # threshold: one image is 2 points of that class's accuracy. The Kaggle download's val/ has 8.
@@ -61,8 +61,15 @@ def choose_validation(images: list[SourceImage], classes: list[str], val_source:
 
 
 def split_by_patient(
-    images: list[SourceImage], content_hashes: list[str | None], classes: list[str], fraction: float, seed: int, pattern: str,
-    held_out: str = "val", perceptual_hashes: list[str] | None = None, near_duplicate_bits: int = NEAR_DUPLICATE_BITS,
+    images: list[SourceImage],
+    content_hashes: list[str | None],
+    classes: list[str],
+    fraction: float,
+    seed: int,
+    pattern: str,
+    held_out: str = "val",
+    perceptual_hashes: list[str] | None = None,
+    near_duplicate_bits: int = NEAR_DUPLICATE_BITS,
 ) -> tuple[list[SourceImage], str]:
     """train/ (with any val/ images folded in) split into train and `held_out` (val, or test for a
     source without one) by unit (patient, identical pixels, near-duplicates), stratified by class
@@ -71,8 +78,10 @@ def split_by_patient(
     pool = [k for k, i in enumerate(images) if i.split in (("train", "val") if held_out == "val" else ("train",)) and content_hashes[k] is not None]
     compiled = re.compile(pattern) if pattern else None
     groups = unit_groups(
-        [patient_of(images[k].relpath, images[k].patient, compiled) for k in pool], [content_hashes[k] for k in pool],
-        [perceptual_hashes[k] for k in pool] if perceptual_hashes is not None else None, near_duplicate_bits,
+        [patient_of(images[k].relpath, images[k].patient, compiled) for k in pool],
+        [content_hashes[k] for k in pool],
+        [perceptual_hashes[k] for k in pool] if perceptual_hashes is not None else None,
+        near_duplicate_bits,
     )
     labels = np.array([classes.index(images[k].label) for k in pool])
     n_folds = max(2, round(1 / fraction))
@@ -97,7 +106,9 @@ def split_by_patient(
             )
     share = len(to_held) / len(pool)
     key = "patient id (the source's patient column)" if any(i.patient for i in images) else "patient id (patient_pattern)" if pattern else ""
-    copies = "exact duplicates" + (f" and near-duplicates (perceptual hashes within {near_duplicate_bits} bits)" if perceptual_hashes is not None else "")
+    copies = "exact duplicates" + (
+        f" and near-duplicates (perceptual hashes within {near_duplicate_bits} bits)" if perceptual_hashes is not None else ""
+    )
     how = (
         f"{held_out} grouped by {key + ', ' + copies if key else copies + ' only (patient_pattern is empty)'}: "
         f"{n_groups} groups, first of {n_folds} StratifiedGroupKFold folds ({setting} {fraction:g}, seed {seed}), "

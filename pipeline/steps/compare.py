@@ -20,6 +20,7 @@ back from the tracking store.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -28,26 +29,32 @@ import mlflow
 import numpy as np
 
 from pipeline import analysis, plots, report, tracking
-from pipeline.config import DEFAULT_PATIENT_PATTERN, CompareConfig, DataConfig, FitConfig, MainConfig, ModelConfig, TuneConfig, UserError, as_params, from_params
-from pipeline.data import Preparation, prepare_dataset
 from pipeline.analysis.resampling import BOOTSTRAP_RESAMPLES, Resampling
 from pipeline.analysis.shortcuts import occlusion_intervals
 from pipeline.analysis.simulation import design_of, null_false_cause_rates
+from pipeline.cli import from_params
+from pipeline.data import Preparation, prepare_dataset
 from pipeline.data.checks import patients_known, units_of
-from pipeline.engine import Diverged, setup_training, training_seed
+from pipeline.engine.loop import Diverged
+from pipeline.engine.setup import setup_training, training_seed
+from pipeline.errors import UserError
 from pipeline.metrics import positive_index
+from pipeline.settings import DEFAULT_PATIENT_PATTERN, CompareConfig, DataConfig, FitConfig, ModelConfig, TrialsConfig, TuneConfig, as_params
 from pipeline.steps import prepare
 from pipeline.steps.main import run_configuration
+
+log = logging.getLogger(__name__)
 
 LABEL_NOISE_CONFIDENCE = 0.8
 # Null studies of each model's own design simulated for its verdicts' false-cause rates.
 NULL_STUDIES = 100
 
 
-def run(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneConfig, cmp: CompareConfig) -> str:
+def run(data: DataConfig, fit: FitConfig, trials: TrialsConfig, tune_cfg: TuneConfig, cmp: CompareConfig) -> str:
     with tracking.step_run("compare") as parent:
-        settings = as_params(data, fit, main_cfg, tune_cfg, cmp)
+        settings = as_params(data, fit, trials, tune_cfg, cmp)
         tracking.log_params(settings)
+        tracking.log_settings(settings)
         mlflow.set_tag("settings", json.dumps(settings))
         if cmp.report_for:
             # Rebuild an earlier run's report with that run's own data and weights.
@@ -60,23 +67,23 @@ def run(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneCo
             compare_id = source.info.run_id
         else:
             prep = prepare.run(data, reuse=True).preparation
-            skipped = run_configurations(data, fit, main_cfg, tune_cfg, cmp)
+            skipped = run_configurations(data, fit, trials, tune_cfg, cmp)
             if skipped:
                 mlflow.set_tag("skipped_configurations", json.dumps(skipped))
             compare_id = parent.info.run_id
-        folder = write_report(compare_id, prep, data, fit, cmp)
+        folder, evaluate_ids = write_report(compare_id, prep, data, fit, cmp)
         mlflow.log_artifacts(str(folder), "report")
         # The run's description in the UI: the table and the findings, so its page reads like the report.
         mlflow.set_tag("mlflow.note.content", (folder / "comparison.md").read_text())
         if not cmp.report_for:
             register(folder, prep)
-    print(f"\nreport: {folder / 'comparison.md'} (logged under report/ in run {parent.info.run_id})")
-    print((folder / "comparison.md").read_text())
-    print(tracking.ui_hint(parent.info.experiment_id))
+    log.info("\n" + (folder / "comparison.md").read_text())
+    log.info(f"report: {folder / 'comparison.html'} (logged under report/ in run {parent.info.run_id})")
+    log.info(tracking.ui_hint(parent.info.experiment_id, evaluate_ids))
     return parent.info.run_id
 
 
-def run_configurations(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneConfig, cmp: CompareConfig) -> dict[str, str]:
+def run_configurations(data: DataConfig, fit: FitConfig, trials: TrialsConfig, tune_cfg: TuneConfig, cmp: CompareConfig) -> dict[str, str]:
     """Every backbone x mode, each with `cmp.seeds` training seeds, as `main` children of the
     active run. A configuration whose training diverges is skipped, with the reason; the others go on.
     The learning rate is tuned once per configuration (first seed) and reused by the other seeds."""
@@ -86,21 +93,21 @@ def run_configurations(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, t
             model = ModelConfig(backbone, mode == "frozen", cmp.weights)
             # One study per configuration: a given study_name becomes a prefix.
             study = replace(tune_cfg, study_name=f"{tune_cfg.study_name}-{backbone}-{mode}") if tune_cfg.study_name else tune_cfg
-            seed_fit, trials, lr_source = fit, main_cfg.tune_trials, None
+            seed_fit, tune_trials, lr_source = fit, trials.tune_trials, None
             first_seed = training_seed(data, fit)
             for k in range(cmp.seeds):
                 if k:  # the k-th seed counts from the first seed trained, whatever train_seed made it
-                    seed_fit, trials = replace(seed_fit, train_seed=first_seed + k), 0
-                print(f"\n== {backbone} ({mode})" + (f", training seed {k + 1} of {cmp.seeds}" if cmp.seeds > 1 else ""), flush=True)
+                    seed_fit, tune_trials = replace(seed_fit, train_seed=first_seed + k), 0
+                log.info(f"\n== {backbone} ({mode})" + (f", training seed {k + 1} of {cmp.seeds}" if cmp.seeds > 1 else ""))
                 try:
                     with tracking.step_run("main", backbone, mode):
                         mlflow.set_tag("seed_index", str(k))
-                        tracking.log_params(as_params(data, model, seed_fit, main_cfg, study))
-                        outcome = run_configuration(data, model, seed_fit, trials, study, lr_source)
+                        tracking.log_params(as_params(data, model, seed_fit, TrialsConfig(tune_trials), study))
+                        outcome = run_configuration(data, model, seed_fit, tune_trials, study, lr_source)
                 except Diverged as e:  # the seeds left are skipped too: they would train at the same rate
                     which = f"{backbone} ({mode})" + (f", training seeds {k + 1} to {cmp.seeds}" if k else "")
                     skipped[which] = str(e)
-                    print(f"skipped {which}: {e}", flush=True)
+                    log.info(f"skipped {which}: {e}")
                     break
                 if k == 0 and fit.lr is None:
                     # The other seeds train at the rate the first one used, tuned once.
@@ -108,14 +115,15 @@ def run_configurations(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, t
     return skipped
 
 
-def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitConfig, cmp: CompareConfig) -> Path:
+def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitConfig, cmp: CompareConfig) -> tuple[Path, list[str]]:
+    """The report's folder, and the evaluate runs it compares (every configuration and seed)."""
     all_rows = tracking.comparison(compare_id)
     if not all_rows:
         raise UserError(f"compare run {compare_id} has no finished configuration to report on")
     used = {r["data_digest"] for r in all_rows}
-    if used != {prep.data.digest}:
+    if used != {prep.dataset.digest}:
         raise UserError(
-            f"the data at {prep.data.source} changed since compare run {compare_id} (digest now {prep.data.digest}, "
+            f"the data at {prep.dataset.source} changed since compare run {compare_id} (digest now {prep.dataset.digest}, "
             f"its runs used {', '.join(sorted(map(str, used)))}); rebuild the report on the data the runs used"
         )
     # One row per configuration: the first training seed's model (the one whose intervals and
@@ -145,23 +153,33 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
     for name, png in figures.items():
         (folder / name).write_bytes(png)
     title = f"{prep.name}: {len(rows)} configurations (compare run {compare_id})"
-    answer = ("## The answer: why the test set disagrees\n\n![validation to test, cause by cause](gap_waterfall.png)\n\n"
-              + analysis.verdicts_markdown(study) + "\n")
+    answer = (
+        "## The answer: why the test set disagrees\n\n![validation to test, cause by cause](gap_waterfall.png)\n\n"
+        + analysis.verdicts_markdown(study)
+        + "\n"
+    )
     tables = report.table_markdown(rows) + "\n" + report.pairwise_markdown(study["pairwise"])
-    (folder / "comparison.md").write_text(f"# {title}\n\n{answer}## The configurations\n\n{tables}\n## Findings\n\n"
-                                          + "".join(f"- {f}\n" for f in study["findings"]))
+    (folder / "comparison.md").write_text(
+        f"# {title}\n\n{answer}## The configurations\n\n{tables}\n## Findings\n\n" + "".join(f"- {f}\n" for f in study["findings"])
+    )
     (folder / "comparison.csv").write_text(report.table_csv(all_rows))
-    (folder / "comparison.html").write_text(report.html_page(title, rows, study["pairwise"], figures, analysis_md, study["findings"],
-                                                             analysis.verdict_rows(study)))
+    (folder / "comparison.html").write_text(
+        report.html_page(title, rows, study["pairwise"], figures, analysis_md, study["findings"], analysis.verdict_rows(study))
+    )
     (folder / "model_cards").mkdir()
     kaggle_names = data.patient_pattern == DEFAULT_PATIENT_PATTERN and prep.report["patients"].get("images_with_id", 0) > 0
-    data_facts = {"name": prep.name, "digest": prep.data.digest, "sizes": prep.data.split_sizes, "validation": prep.data.val_origin,
-                  "population": report.population(prep.name, kaggle_names)}
+    data_facts = {
+        "name": prep.name,
+        "digest": prep.dataset.digest,
+        "sizes": prep.dataset.split_sizes,
+        "validation": prep.dataset.val_origin,
+        "population": report.population(prep.name, kaggle_names),
+    }
     for r in rows:
         (folder / "model_cards" / f"{r['backbone']}-{r['mode']}.md").write_text(report.model_card(r, study, data_facts))
     keep = ("backbone", "mode", "model_uri", "val_auc", "val_acc")
     (folder / "model_cards" / "rows.json").write_text(json.dumps([{k: r.get(k) for k in keep} for r in rows]))
-    return folder
+    return folder, [r["evaluate_run_id"] for r in all_rows]
 
 
 def register(folder: Path, prep: Preparation) -> None:
@@ -169,17 +187,22 @@ def register(folder: Path, prep: Preparation) -> None:
     card; champion and challenger chosen on validation."""
     rows = json.loads((folder / "model_cards" / "rows.json").read_text())
     cards = {report.label(r): (folder / "model_cards" / f"{r['backbone']}-{r['mode']}.md").read_text() for r in rows}
-    name = f"cxr-{prep.name}-{prep.data.digest[:8]}"
+    name = f"cxr-{prep.name}-{prep.dataset.digest[:8]}"
     ranking = report.rank_on_validation(rows)
     versions = tracking.register_champion(name, rows, cards, ranking)
     mlflow.set_tags({"registered_model": name, "champion": ranking[0]})
-    print(f"registered {name}: " + ", ".join(f"{label} version {v}" for label, v in versions.items())
-          + f"; champion {ranking[0]}" + (f", challenger {ranking[1]}" if len(ranking) > 1 else "") + " (by validation AUC)")
-    print(f"serve the champion: mlflow models serve -m models:/{name}@champion --env-manager local -p 5001")
+    log.info(
+        f"registered {name}: "
+        + ", ".join(f"{label} version {v}" for label, v in versions.items())
+        + f"; champion {ranking[0]}"
+        + (f", challenger {ranking[1]}" if len(ranking) > 1 else "")
+        + " (by validation AUC)"
+    )
+    log.info(f"serve the champion: mlflow models serve -m models:/{name}@champion --env-manager local -p 5001")
 
 
 def positive_label(prep: Preparation) -> str:
-    return prep.data.classes[positive_index(prep.data.classes)]
+    return prep.dataset.classes[positive_index(prep.dataset.classes)]
 
 
 def _scores(predictions: list[dict], files: list[str], positive: str) -> tuple[np.ndarray, np.ndarray]:
@@ -188,12 +211,11 @@ def _scores(predictions: list[dict], files: list[str], positive: str) -> tuple[n
     missing = [f for f in files if f not in by_file]
     if missing:
         raise UserError(f"the logged predictions lack {len(missing)} images of the data set (e.g. {missing[0]}): evaluate again")
-    return (np.array([by_file[f]["true_label"] == positive for f in files], dtype=int),
-            np.array([float(by_file[f]["probability"]) for f in files]))
+    return (np.array([by_file[f]["true_label"] == positive for f in files], dtype=int), np.array([float(by_file[f]["probability"]) for f in files]))
 
 
 def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit: FitConfig, cmp: CompareConfig) -> dict:
-    d = prep.data
+    d = prep.dataset
     manifest = d.manifest()
     images = {s: d.images(s) for s in ("train", "val", "test")}
     positive = positive_label(prep)
@@ -229,8 +251,20 @@ def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit
         y_test, p_test = _scores(r["test_predictions"], files["test"], positive)
         test_scores[name] = p_test
         thresholds[name] = operating_threshold_of(r)
-        gap[name] = analysis.gap_causes(y_val, p_val, seen["val"], y_test, p_test, thresholds[name], data.seed, seen["test"],
-                                        split_units["val"], split_units["test"], fit.target_sensitivity, patients_known=known)
+        gap[name] = analysis.gap_causes(
+            y_val,
+            p_val,
+            seen["val"],
+            y_test,
+            p_test,
+            thresholds[name],
+            data.seed,
+            seen["test"],
+            split_units["val"],
+            split_units["test"],
+            fit.target_sensitivity,
+            patients_known=known,
+        )
         sens, spec = _unseen_rates(y_val, p_val, seen["val"], thresholds[name])
         design = design_of(y_val, seen["val"], y_test, seen["test"], np.r_[split_units["val"], split_units["test"]], sens, spec)
         false_causes[name] = null_false_cause_rates(design, NULL_STUDIES, data.seed, BOOTSTRAP_RESAMPLES)
@@ -243,12 +277,17 @@ def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit
         "label_noise_confidence": LABEL_NOISE_CONFIDENCE,
         "errors": analysis.error_breakdown(errors),
         "interval_method": test_resampling.describe(),
-        "intervals": {report.label(r): {m: [r.get(f"test_{m}"), r.get(f"test_{m}_ci_low"), r.get(f"test_{m}_ci_high")] for m in ("acc_at_val_threshold", "auc")}
-                      for r in rows},
+        "intervals": {
+            report.label(r): {m: [r.get(f"test_{m}"), r.get(f"test_{m}_ci_low"), r.get(f"test_{m}_ci_high")] for m in ("acc_at_val_threshold", "auc")}
+            for r in rows
+        },
         "seeds": {report.label(r): r["seed_spread"] for r in rows if r["seed_spread"]["n"] > 1},
         "pairwise": analysis.pairwise_tests(y_test, test_scores, thresholds, test_resampling) if len(rows) > 1 else [],
-        "shortcuts": {report.label(r): {**occlusion_intervals(r), "saliency_in_lung_box": r.get("saliency_in_lung_box")}
-                      for r in rows if r.get("test_auc_lungs_hidden") is not None},
+        "shortcuts": {
+            report.label(r): {**occlusion_intervals(r), "saliency_in_lung_box": r.get("saliency_in_lung_box")}
+            for r in rows
+            if r.get("test_auc_lungs_hidden") is not None
+        },
         "gap": gap,
         "false_cause_rates": {"studies": NULL_STUDIES, "rates": false_causes},
     }
@@ -272,8 +311,8 @@ def _unseen_rates(y: np.ndarray, p: np.ndarray, seen: np.ndarray, threshold: flo
 
 
 def label_noise_grid(candidates: list[dict], prep: Preparation):
-    index = {path: k for k, path in enumerate(prep.data.files("test"))}
-    test_images = prep.data.images("test")
+    index = {path: k for k, path in enumerate(prep.dataset.files("test"))}
+    test_images = prep.dataset.images("test")
     shown = candidates[:24]
     return plots.image_grid(
         [np.asarray(test_images[index[c["file"]]]) for c in shown],
@@ -282,5 +321,5 @@ def label_noise_grid(candidates: list[dict], prep: Preparation):
     )
 
 
-def main(data: DataConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneConfig, cmp: CompareConfig) -> None:
-    run(data, fit, main_cfg, tune_cfg, cmp)
+def main(data: DataConfig, fit: FitConfig, trials: TrialsConfig, tune_cfg: TuneConfig, cmp: CompareConfig) -> None:
+    run(data, fit, trials, tune_cfg, cmp)

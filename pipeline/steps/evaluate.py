@@ -35,6 +35,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,17 +45,23 @@ import torch
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from pipeline import plots, tracking
-from pipeline.analysis.saliency import gradcam, last_conv_layer, outcome_sample, overlay, share_in_box
 from pipeline.analysis.resampling import Resampling
+from pipeline.analysis.saliency import gradcam, last_conv_layer, outcome_sample, overlay, share_in_box
 from pipeline.analysis.shortcuts import box_pixels, occluded_inputs, occlusion_check, occlusion_intervals, shortcut_verdict, training_grey
 from pipeline.analysis.uncertainty import metric_intervals
-from pipeline.config import DataConfig, EvaluateConfig, UserError, boolean, from_params
-from pipeline.models import build_classifier, resolve_weights
+from pipeline.cli import from_params
 from pipeline.data import prepare_dataset
 from pipeline.data.checks import patients_known, units_of
-from pipeline.engine import Device, pick_device, predict_proba
+from pipeline.engine.device import Device, pick_device
+from pipeline.engine.loop import predict_proba
+from pipeline.errors import UserError
 from pipeline.metrics import binary_scores, log_loss, operating_threshold, positive_index
+from pipeline.models import build_classifier, resolve_weights
+from pipeline.parsers import boolean
+from pipeline.settings import DataConfig, EvaluateConfig
 from pipeline.steps.prepare import data_params
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -91,7 +98,11 @@ def load_model(model_uri: str, device: Device) -> tuple[torch.nn.Module, Device,
     try:
         return model.to(device.torch_device), device, None
     except Exception as e:
-        return model, Device(torch.device("cpu")), f"the logged model cannot move to {device.type} ({type(e).__name__}: {str(e)[:200]}); scored on the CPU"
+        return (
+            model,
+            Device(torch.device("cpu")),
+            f"the logged model cannot move to {device.type} ({type(e).__name__}: {str(e)[:200]}); scored on the CPU",
+        )
 
 
 def score(y_index: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float = 0.5) -> dict[str, float]:
@@ -104,27 +115,28 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
     settings = json.loads(train_run.data.tags["settings"])
     (data_cfg,) = from_params(settings, DataConfig)
     prep = prepare_dataset(data_cfg)
-    if prep.data.digest != train_run.data.params["data_digest"]:
+    if prep.dataset.digest != train_run.data.params["data_digest"]:
         raise UserError(
-            f"the data at {prep.data.source} changed since train run {train_run.info.run_id} "
-            f"(digest {prep.data.digest}, trained on {train_run.data.params['data_digest']}); evaluate on the data it was trained on"
+            f"the data at {prep.dataset.source} changed since train run {train_run.info.run_id} "
+            f"(digest {prep.dataset.digest}, trained on {train_run.data.params['data_digest']}); evaluate on the data it was trained on"
         )
     backbone, mode = train_run.data.tags.get("backbone"), train_run.data.tags.get("mode")
     params = {"model_uri": model_uri, "train_run_id": train_run.info.run_id}
     device = pick_device(settings.get("device", "auto"))
-    key = tracking.input_key("evaluate", {**params, "device": device.type}, prep.data.digest)
+    key = tracking.input_key("evaluate", {**params, "device": device.type}, prep.dataset.digest)
     if reuse and (previous := tracking.find_reusable("evaluate", key)):
         return Evaluated(previous.info.run_id, previous.data.metrics, reused=True)
     with tracking.step_run("evaluate", backbone, mode) as active:
         mlflow.set_tag("input_key", key)
         tracking.log_params({**params, **data_params(prep)})
-        tracking.log_dataset(prep.name, prep.data.source, prep.data.digest, prep.data.split_sizes)
+        tracking.log_settings(params)
+        tracking.log_dataset(prep.name, prep.dataset.source, prep.dataset.digest, prep.dataset.split_sizes)
         model, device, fallback = load_model(model_uri, device)
         mlflow.set_tag("device", device.type)
         if fallback:
             mlflow.set_tag("device_fallback", fallback)
-            print(f"note: {fallback}", flush=True)
-        classes, data = prep.data.classes, prep.data
+            log.info(f"note: {fallback}")
+        classes, data = prep.dataset.classes, prep.dataset
         pos = positive_index(classes)
         probs = {s: predict_proba(model, data.images(s), 64, device) for s in SPLITS}
         labels = {s: data.labels(s) for s in SPLITS}
@@ -138,7 +150,10 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
         resampling = Resampling.of(test_units, labels["test"] == pos, data_cfg.seed, patients_known=patients_known(rows, data_cfg.patient_pattern))
         mlflow.set_tag("interval_method", resampling.describe())
         y_test, p_test = labels["test"] == pos, probs["test"][:, pos]
-        intervals = {"": metric_intervals(y_test, p_test, 0.5, resampling), "_at_val_threshold": metric_intervals(y_test, p_test, threshold, resampling)}
+        intervals = {
+            "": metric_intervals(y_test, p_test, 0.5, resampling),
+            "_at_val_threshold": metric_intervals(y_test, p_test, threshold, resampling),
+        }
         metrics = {
             "train_acc": scores["train"]["acc"],
             "val_acc": scores["val"]["acc"],
@@ -148,8 +163,13 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
             "val_threshold": threshold,
             **{f"{s}_acc_at_val_threshold": at_val[s]["acc"] for s in ("train", "val")},
             **{f"test_{k}_at_val_threshold": at_val["test"][k] for k in ("acc", "sensitivity", "specificity")},
-            **{f"test_{k}{at}_ci_{side}": getattr(interval, side) for at, found in intervals.items() for k, interval in found.items()
-               if not (at and k == "auc") for side in ("low", "high")},
+            **{
+                f"test_{k}{at}_ci_{side}": getattr(interval, side)
+                for at, found in intervals.items()
+                for k, interval in found.items()
+                if not (at and k == "auc")
+                for side in ("low", "high")
+            },
             **patient_disjoint_metrics(rows, units, labels, probs, classes, threshold),
             **occlusion_metrics(model, data.images("test"), y_test, p_test, pos, device, training_grey(data.images("train")), resampling),
             **saliency_metrics(train_run, settings, data, p_test >= threshold, data_cfg.seed),
@@ -160,7 +180,7 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
         for split in ("val", "test"):
             tracking.log_text(_predictions_csv(data.files(split), labels[split], probs[split], classes, threshold), f"predictions/{split}.csv")
     ci = lambda k: f"{metrics[f'test_{k}']:.3f} [{metrics[f'test_{k}_ci_low']:.3f}, {metrics[f'test_{k}_ci_high']:.3f}]"  # noqa: E731
-    print(
+    log.info(
         f"at the operating threshold {threshold:.3f} ({rule}): test acc {ci('acc_at_val_threshold')}, sensitivity {ci('sensitivity_at_val_threshold')}, "
         f"specificity {ci('specificity_at_val_threshold')}; AUC {ci('auc')} (95 % intervals: {resampling.describe()})"
     )
@@ -175,16 +195,29 @@ def model_threshold(train_run, y_val: np.ndarray, p_val: np.ndarray) -> tuple[fl
     return operating_threshold(y_val.astype(int), p_val, None)
 
 
-def occlusion_metrics(model, images: np.ndarray, y: np.ndarray, p_full: np.ndarray, pos: int, device: Device, train_grey: float,
-                      resampling: Resampling, prefix: str = "test") -> dict[str, float]:
+def occlusion_metrics(
+    model,
+    images: np.ndarray,
+    y: np.ndarray,
+    p_full: np.ndarray,
+    pos: int,
+    device: Device,
+    train_grey: float,
+    resampling: Resampling,
+    prefix: str = "test",
+) -> dict[str, float]:
     """The shortcut check: AUC with the lung box hidden and with all but it hidden, under both
     fills (the training set's mean grey; the visible part's mean), with 95 % intervals, and the
     AUC the box alone loses; and the figure of the inputs."""
     inputs = occluded_inputs(images, train_grey)
     occluded = {name: predict_proba(model, x, 64, device)[:, pos] for name, x in inputs.items()}
     check = occlusion_check(y, p_full, occluded, resampling)
-    metrics = {f"{prefix}_auc_{name}{suffix}": check[name][key] for name in check if name != "full"
-               for suffix, key in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"))}
+    metrics = {
+        f"{prefix}_auc_{name}{suffix}": check[name][key]
+        for name in check
+        if name != "full"
+        for suffix, key in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"))
+    }
     example = np.asarray(images[:1])
     shown = {name: inputs[name][:1] for name in inputs}
     figure = plots.occlusion_inputs(
@@ -209,15 +242,20 @@ def saliency_metrics(train_run, settings: dict, data, called: np.ndarray, seed: 
         mlflow.set_tag("saliency", "not computed: the train run has no checkpoints/best.pt")
         return {}
     pos = positive_index(data.classes)
-    classifier = build_classifier(settings["backbone"], resolve_weights(settings["backbone"], "none", 0), len(data.classes),
-                                  boolean("frozen", settings["frozen"]), 0)
-    classifier.load_state_dict(torch.load(io.BytesIO(tracking.download(train_run.info.run_id, "checkpoints/best.pt")), map_location="cpu", weights_only=True))
+    classifier = build_classifier(
+        settings["backbone"], resolve_weights(settings["backbone"], "none", 0), len(data.classes), boolean("frozen", settings["frozen"]), 0
+    )
+    classifier.load_state_dict(
+        torch.load(io.BytesIO(tracking.download(train_run.info.run_id, "checkpoints/best.pt")), map_location="cpu", weights_only=True)
+    )
     images, y = np.asarray(data.images("test")), data.labels("test") == pos
     heat = gradcam(classifier.cpu(), images, pos)
     sample = outcome_sample(y, called, SALIENCY_PER_OUTCOME, seed)
     figure = plots.image_grid(
-        [overlay(images[k], heat[k]) for _, k in sample], [f"{outcome}\n{Path(data.files('test')[k]).name}" for outcome, k in sample],
-        columns=4, title=f"Grad-CAM ({type(last_conv_layer(classifier)).__name__} last layer) on test images, red = where the model looks",
+        [overlay(images[k], heat[k]) for _, k in sample],
+        [f"{outcome}\n{Path(data.files('test')[k]).name}" for outcome, k in sample],
+        columns=4,
+        title=f"Grad-CAM ({type(last_conv_layer(classifier)).__name__} last layer) on test images, red = where the model looks",
     )
     tracking.log_figure(figure, "plots/gradcam.png")
     plots.close(figure)

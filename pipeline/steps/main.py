@@ -14,13 +14,17 @@ MLflow UI on this store.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 
 import mlflow
 
 from pipeline import tracking
-from pipeline.config import DataConfig, EvaluateConfig, FitConfig, MainConfig, ModelConfig, TuneConfig, as_params
+from pipeline.settings import DataConfig, EvaluateConfig, FitConfig, ModelConfig, TrialsConfig, TuneConfig, as_params
 from pipeline.steps import evaluate, prepare, train, tune
+
+log = logging.getLogger(__name__)
 
 
 INTERVALS = tuple(f"test_{m}_ci_{side}" for m in ("acc", "auc") for side in ("low", "high"))
@@ -34,6 +38,7 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     lr: float = 0.0
     model_uri: str = ""
+    time_spent: str = ""
 
 
 def run_configuration(
@@ -47,7 +52,7 @@ def run_configuration(
         outcome.run_ids[step] = run_id
         if reused:
             outcome.reused.append(step)
-        print(f"{step:<9} run {run_id}{' (reused: a finished run had the same inputs)' if reused else ''}", flush=True)
+        log.info(f"{step:<9} run {run_id}{' (reused: a finished run had the same inputs)' if reused else ''}")
 
     prepared = prepare.run(data, model.backbone, model.mode, reuse=True)
     record("prepare", prepared.run_id, prepared.reused)
@@ -60,10 +65,16 @@ def run_configuration(
     record("train", trained.run_id, trained.reused)
     evaluated = evaluate.run(EvaluateConfig(model_uri=trained.model_uri), reuse=True)
     record("evaluate", evaluated.run_id, evaluated.reused)
-    train_metrics = tracking.get_run(trained.run_id).data.metrics
+    train_run = tracking.get_run(trained.run_id)
+    train_metrics = train_run.data.metrics
     outcome.lr, outcome.model_uri = trained.lr, trained.model_uri
+    outcome.time_spent = where_time_went(train_metrics, train_run.data.tags, outcome.run_ids)
     outcome.metrics = {
-        **{k: evaluated.metrics[k] for k in ("test_acc", "test_auc", "val_acc", "test_sensitivity", "test_specificity") + INTERVALS if k in evaluated.metrics},
+        **{
+            k: evaluated.metrics[k]
+            for k in ("test_acc", "test_auc", "val_acc", "test_sensitivity", "test_specificity") + INTERVALS
+            if k in evaluated.metrics
+        },
         "train_time_s": train_metrics["train_time_s"],
     }
     mlflow.set_tags({f"{step}_run_id": run_id for step, run_id in outcome.run_ids.items()})
@@ -73,21 +84,42 @@ def run_configuration(
     return outcome
 
 
-def run(data: DataConfig, model: ModelConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneConfig = TuneConfig()) -> Outcome:
+def where_time_went(metrics: dict[str, float], tags: dict[str, str], run_ids: dict[str, str]) -> str:
+    """The train run's time in words. A frozen run that found its features cached spent almost
+    nothing, which reads as a bug unless the summary says who extracted them, and in how long."""
+    spent = f"training {metrics['train_time_s']:.1f} s"
+    if "feature_extraction_s" in metrics:
+        return f"{spent}, of which feature extraction {metrics['feature_extraction_s']:.1f} s"
+    if "cached_features_measured_in" in tags:
+        source = json.loads(tags["cached_features_measured_in"])[0]  # one entry per split, all from one extraction
+        by = f"run {source.get('run_id', '?')}"
+        steps = {run_id: step for step, run_id in run_ids.items()}
+        if source.get("run_id") in steps:
+            by = f"the {steps[source['run_id']]} run"
+        elif source.get("run_id"):
+            extractor = tracking.get_run(source["run_id"]).data.tags
+            if extractor.get("mlflow.parentRunId") in steps:  # a tuning trial
+                by = f"trial {extractor.get('trial', '?')} of the {steps[extractor['mlflow.parentRunId']]} run"
+        return f"{spent} (the head only); features extracted in {metrics['cached_features_cost_s']:.1f} s on {source.get('device', '?')} by {by}"
+    return spent
+
+
+def run(data: DataConfig, model: ModelConfig, fit: FitConfig, trials: TrialsConfig, tune_cfg: TuneConfig = TuneConfig()) -> Outcome:
     with tracking.step_run("main", model.backbone, model.mode) as parent:
-        tracking.log_params(as_params(data, model, fit, main_cfg, tune_cfg))
-        outcome = run_configuration(data, model, fit, main_cfg.tune_trials, tune_cfg)
+        tracking.log_params(as_params(data, model, fit, trials, tune_cfg))
+        tracking.log_settings(as_params(data, model, fit, trials, tune_cfg))
+        outcome = run_configuration(data, model, fit, trials.tune_trials, tune_cfg)
     m = outcome.metrics
-    print(
+    log.info(
         f"\n{model.backbone} ({model.mode}), lr {outcome.lr:.3g}: test accuracy {m['test_acc']:.3f} [{m['test_acc_ci_low']:.3f}, {m['test_acc_ci_high']:.3f}], "
         f"AUC {m['test_auc']:.3f} [{m['test_auc_ci_low']:.3f}, {m['test_auc_ci_high']:.3f}] (95 % intervals), "
         f"sensitivity {m['test_sensitivity']:.3f}, specificity {m['test_specificity']:.3f}; "
-        f"training time {m['train_time_s']:.1f} s"
+        f"{outcome.time_spent}"
     )
-    print(f"model {outcome.model_uri}; parent run {outcome.run_id}; reused: {', '.join(outcome.reused) or 'nothing'}")
-    print(tracking.ui_hint(parent.info.experiment_id))
+    log.info(f"model {outcome.model_uri}; parent run {outcome.run_id}; reused: {', '.join(outcome.reused) or 'nothing'}")
+    log.info(tracking.ui_hint(parent.info.experiment_id))
     return outcome
 
 
-def main(data: DataConfig, model: ModelConfig, fit: FitConfig, main_cfg: MainConfig, tune_cfg: TuneConfig) -> None:
-    run(data, model, fit, main_cfg, tune_cfg)
+def main(data: DataConfig, model: ModelConfig, fit: FitConfig, trials: TrialsConfig, tune_cfg: TuneConfig) -> None:
+    run(data, model, fit, trials, tune_cfg)

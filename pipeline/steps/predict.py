@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import logging
 from pathlib import Path
 
 import mlflow
@@ -27,9 +28,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from pipeline import tracking
-from pipeline.config import PredictConfig, UserError
-from pipeline.data.errors import UnreadableImage
+from pipeline.console import bars_disabled
 from pipeline.data.sources import DEAD_LINK, IMAGE_EXTENSIONS, read_file, walk_files
+from pipeline.data.unreadable import UnreadableImage
+from pipeline.errors import UserError
+from pipeline.settings import PredictConfig, as_params
+
+log = logging.getLogger(__name__)
 
 BATCH = 64
 
@@ -47,7 +52,9 @@ def input_files(location: str) -> tuple[list[Path], list[tuple[Path, str]]]:
     files = [p for p, reason in found if reason is None]
     ignored = [(p, reason) for p, reason in found if reason is not None]
     if not files:
-        raise UserError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {location}" + (f" ({len(ignored)} other files)" if ignored else ""))
+        raise UserError(
+            f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {location}" + (f" ({len(ignored)} other files)" if ignored else "")
+        )
     return files, ignored
 
 
@@ -87,7 +94,9 @@ def predict_batch(model, files: list[Path], root: Path, threshold: float | None,
             rows.append(None)
         except UnreadableImage as e:
             rows.append({c: None for c in columns} | {"error": str(e)})
-    answered = model.predict(pd.DataFrame({"image": encoded}), params={"threshold": threshold} if threshold is not None else None) if encoded else None
+    answered = (
+        model.predict(pd.DataFrame({"image": encoded}), params={"threshold": threshold} if threshold is not None else None) if encoded else None
+    )
     answers = iter(answered.to_dict("records")) if answered is not None else iter(())
     table = pd.DataFrame([row if row is not None else next(answers) for row in rows], columns=columns)
     table.insert(0, "file", [str(f.relative_to(root)) if f != root else f.name for f in files])
@@ -106,11 +115,12 @@ def run(config: PredictConfig) -> pd.DataFrame:
     used = config.threshold if config.threshold is not None else own.threshold if own else 0.5
     with tracking.step_run("predict"):
         tracking.log_params({"model_uri": config.model_uri, "input": str(root.resolve()), "threshold": f"{used:.6g}"})
+        tracking.log_settings(as_params(config))
         output.parent.mkdir(parents=True, exist_ok=True)
         with open(output, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["file", *columns])
-            with tqdm(total=len(files), desc="predict", unit="img", disable=None) as progress:
+            with tqdm(total=len(files), desc="predict", unit="img", disable=bars_disabled()) as progress:
                 for start in range(0, len(files), BATCH):
                     batch = predict_batch(model, files[start : start + BATCH], root, config.threshold, columns)
                     batch["threshold"] = used
@@ -121,13 +131,16 @@ def run(config: PredictConfig) -> pd.DataFrame:
         mlflow.log_metrics({"n_images": len(table), "n_unreadable": unreadable, "n_ignored": len(ignored)})
         tracking.log_file(output, "predictions")
     rule = "given" if config.threshold is not None else own.rule if own else "the model's own"
-    print(f"threshold {used:.4g} ({rule})")
-    print(summary(table, output, unreadable))
+    log.info(f"threshold {used:.4g} ({rule})")
+    log.info(summary(table, output, unreadable))
     for _, row in table[table["error"].notna()].iterrows():
-        print(f"  {row['file']}: {row['error']}")
+        log.info(f"  {row['file']}: {row['error']}")
     if ignored:
-        print(f"{plural(len(ignored), 'other file')} ignored: " + ", ".join(f"{p.relative_to(root)} ({reason})" for p, reason in ignored[:10])
-              + (", ..." if len(ignored) > 10 else ""))
+        log.info(
+            f"{plural(len(ignored), 'other file')} ignored: "
+            + ", ".join(f"{p.relative_to(root)} ({reason})" for p, reason in ignored[:10])
+            + (", ..." if len(ignored) > 10 else "")
+        )
     return table
 
 

@@ -12,14 +12,17 @@ reason in the data report); artifacts `data/manifest.csv`, `data/data_report.md`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import mlflow
 
 from pipeline import tracking
-from pipeline.config import DataConfig, as_params
 from pipeline.data import Preparation, locate_dataset, prepare_dataset
 from pipeline.data.checks import render_report
+from pipeline.settings import DataConfig, as_params
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,10 +34,10 @@ class Prepared:
 
 def data_params(prep: Preparation) -> dict[str, str]:
     """What every run that reads the data records about it."""
-    sizes = prep.data.split_sizes
+    sizes = prep.dataset.split_sizes
     return {
-        "data_digest": prep.data.digest,
-        "data_path": prep.data.source,
+        "data_digest": prep.dataset.digest,
+        "data_path": prep.dataset.source,
         **{f"n_{split}": str(n) for split, n in sizes.items()},
     }
 
@@ -51,7 +54,8 @@ def run(data: DataConfig, backbone: str | None = None, mode: str | None = None, 
         mlflow.set_tag("input_key", key)
         prep = prepare_dataset(data, located)
         tracking.log_params({**params, **data_params(prep)})
-        tracking.log_dataset(prep.name, prep.data.source, prep.data.digest, prep.data.split_sizes)
+        tracking.log_settings(params)
+        tracking.log_dataset(prep.name, prep.dataset.source, prep.dataset.digest, prep.dataset.split_sizes)
         report = prep.report
         metrics = {
             "n_rejected": len(report["rejected"]),
@@ -63,21 +67,21 @@ def run(data: DataConfig, backbone: str | None = None, mode: str | None = None, 
             for pair, overlap in report["patients"]["overlap"].items():
                 metrics[f"n_shared_patients_{pair.replace('-', '_')}"] = overlap["n_patients"]
         mlflow.log_metrics(metrics)
-        tracking.log_file(prep.data.manifest_path, "data")
+        tracking.log_file(prep.dataset.manifest_path, "data")
         tracking.log_text(render_report(report), "data/data_report.md")
         tracking.log_json(report, "data/data_report.json")
-        mlflow.set_tags({"cache_reused": str(prep.cache_reused).lower(), "validation": prep.data.validation["source"]})
-    print(_summary(prep))
+        mlflow.set_tags({"cache_reused": str(prep.cache_reused).lower(), "validation": prep.dataset.validation["source"]})
+    log.info(_summary(prep))
     return Prepared(prep, active.info.run_id, reused=False)
 
 
 def _summary(prep: Preparation) -> str:
     r = prep.report
-    sizes = ", ".join(f"{s} {n}" for s, n in prep.data.split_sizes.items())
+    sizes = ", ".join(f"{s} {n}" for s, n in prep.dataset.split_sizes.items())
     return (
-        f"prepared {prep.name} ({prep.data.digest}): {sizes}; {len(r['rejected'])} rejected, "
+        f"prepared {prep.name} ({prep.dataset.digest}): {sizes}; {len(r['rejected'])} rejected, "
         f"{len(r['ignored'])} ignored, {r['duplicates']['n_groups_across_splits']} duplicate groups across splits\n"
-        f"validation: {prep.data.val_origin}"
+        f"validation: {prep.dataset.val_origin}"
     )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 import time
@@ -34,15 +35,21 @@ import numpy as np
 import torch
 
 from pipeline import plots, serving, tracking
-from pipeline.config import DataConfig, FitConfig, ModelConfig, ResumeConfig, UserError, as_params, from_params
-from pipeline.data import Preparation
-from pipeline.distributed import World, launch, under_torchrun
-from pipeline.engine import DEFAULT_LR, EpochStats, FitState, TrainingSetup, pick_device, predict_logits, setup_training, train_classifier
 from pipeline.analysis.gap import calibration
 from pipeline.calibration import TemperatureScaled, cross_fitted, fit_temperature, softmax
-from pipeline.metrics import operating_threshold, positive_index
-from pipeline.steps.prepare import data_params
+from pipeline.cli import from_params
+from pipeline.data import Preparation
 from pipeline.data.checks import units_of
+from pipeline.distributed import World, launch, under_torchrun
+from pipeline.engine.device import pick_device
+from pipeline.engine.loop import EpochStats, FitState, predict_logits, train_classifier
+from pipeline.engine.setup import DEFAULT_LR, TrainingSetup, setup_training
+from pipeline.errors import UserError
+from pipeline.metrics import operating_threshold, positive_index
+from pipeline.settings import DataConfig, FitConfig, ModelConfig, ResumeConfig, as_params
+from pipeline.steps.prepare import data_params
+
+log = logging.getLogger(__name__)
 
 # Folds of validation for the cross-fitted calibration error.
 CALIBRATION_FOLDS = 5
@@ -95,8 +102,11 @@ def run(
         with tracking.step_run("train", model_cfg.backbone, model_cfg.mode) as active:
             tracking.report_run_id(active.info.run_id)
             mlflow.set_tags({"input_key": key, "settings": json.dumps(params)})
-            tracking.log_params({**params, **data_params(setup.prep), "device": setup.device.type, "weights_key": setup.weights.key, "world_size": str(world.size)})
-            tracking.log_dataset(setup.prep.name, setup.prep.data.source, setup.prep.data.digest, setup.prep.data.split_sizes)
+            tracking.log_params(
+                {**params, **data_params(setup.prep), "device": setup.device.type, "weights_key": setup.weights.key, "world_size": str(world.size)}
+            )
+            tracking.log_settings(params)
+            tracking.log_dataset(setup.prep.name, setup.prep.dataset.source, setup.prep.dataset.digest, setup.prep.dataset.split_sizes)
             model_uri = _train_and_log(setup, lr, checkpoint=None)
         return Trained(active.info.run_id, model_uri, lr, reused=False)
     finally:
@@ -118,8 +128,8 @@ def _launch(data: DataConfig, model_cfg: ModelConfig, fit: FitConfig, *, prep, t
 
 def _reuse_key(setup: TrainingSetup, lr: float, reuse: bool) -> tuple[dict[str, str], str, Trained | None]:
     """The run's parameters, its reuse key, and (with `reuse`) a finished run with that key."""
-    params = {**as_params(setup.data, setup.model, setup.fit), "lr": f"{lr:.6g}"}
-    key = tracking.input_key("train", {**params, **setup.identity()}, setup.prep.data.digest)
+    params = {**as_params(setup.data_config, setup.model_config, setup.fit_config), "lr": f"{lr:.6g}"}
+    key = tracking.input_key("train", {**params, **setup.identity()}, setup.prep.dataset.digest)
     previous = tracking.find_reusable("train", key) if reuse else None
     found = Trained(previous.info.run_id, previous.data.tags["model_uri"], lr, reused=True) if previous else None
     return params, key, found
@@ -158,7 +168,7 @@ def resume(run_id: str, given: tuple[DataConfig, ModelConfig, FitConfig] | None 
             return Trained(run_id, "", lr, reused=False)
         check_unchanged(tracking.get_run(run_id), setup)
         tracking.retire_pending_run(run_id)
-        print(f"resuming run {run_id} after epoch {checkpoint['state']['epoch']}")
+        log.info(f"resuming run {run_id} after epoch {checkpoint['state']['epoch']}")
         with tracking.step_run("train", model_cfg.backbone, model_cfg.mode, run_id=run_id):
             mlflow.set_tag("resumed", "true")
             model_uri = _train_and_log(setup, lr, checkpoint)
@@ -192,7 +202,7 @@ def _resume_inputs(run_id: str, world: World) -> tuple[dict, dict] | None:
 
 def check_unchanged(previous, setup: TrainingSetup) -> None:
     """A resumed run must go on in the world it started in: same data, code and weights."""
-    now = {"data digest": setup.prep.data.digest, "code version": tracking.code_version(), "weights": setup.weights.key}
+    now = {"data digest": setup.prep.dataset.digest, "code version": tracking.code_version(), "weights": setup.weights.key}
     then = {
         "data digest": previous.data.params.get("data_digest"),
         "code version": previous.data.tags.get("code_version"),
@@ -213,21 +223,29 @@ def _fit(setup: TrainingSetup, lr: float, checkpoint: dict | None, on_epoch=None
     features = setup.features(model, measured_in=measured_in)
     features_s = time.perf_counter() - start
     state = train_classifier(
-        model, setup.prep.data, setup.fit, lr, setup.device, setup.seed,
-        features=features.splits if features else None, on_epoch=on_epoch, checkpoint=checkpoint, world=setup.world,
+        model,
+        setup.prep.dataset,
+        setup.fit_config,
+        lr,
+        setup.device,
+        setup.seed,
+        features=features.splits if features else None,
+        on_epoch=on_epoch,
+        checkpoint=checkpoint,
+        world=setup.world,
     )
     return model, state, features, features_s
 
 
 def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> str:
-    fit = setup.fit
+    fit = setup.fit_config
     # Checkpoints pass through here on their way to the store; nothing is left behind.
     with tempfile.TemporaryDirectory() as folder, tracking.EpochRecorder(Path(folder)) as recorder:
         checkpoint_dir = Path(folder)
 
         def on_epoch(stats: EpochStats, state: FitState, make_checkpoint) -> None:
             recorder(stats, state, make_checkpoint)
-            print(epoch_line(stats, fit.epochs), flush=True)
+            log.info(epoch_line(stats, fit.epochs))
 
         measured_in = {"run_id": mlflow.active_run().info.run_id, "device": setup.device.type}
         model, state, features, features_s = _fit(setup, lr, checkpoint, on_epoch, measured_in)
@@ -248,7 +266,7 @@ def val_logits(setup: TrainingSetup, model, features) -> np.ndarray:
     """The kept model's logits on validation, once: through the head alone on the cached
     features in frozen mode (the backbone has already seen these images), else the model."""
     if features is None:
-        return predict_logits(model, setup.prep.data.images("val"), setup.fit.batch_size, setup.device)
+        return predict_logits(model, setup.prep.dataset.images("val"), setup.fit_config.batch_size, setup.device)
     with torch.inference_mode():
         logits = model.head(features.splits["val"].to(setup.device.torch_device))
     return logits.float().cpu().numpy()
@@ -256,13 +274,15 @@ def val_logits(setup: TrainingSetup, model, features) -> np.ndarray:
 
 def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float, checkpoint_dir: Path, features) -> str:
     """The run's summary metrics and tags, learning curves, best weights and logged model."""
-    model_cfg, best = setup.model, state.best
-    mlflow.log_metrics({
-        "train_time_s": features_s + state.train_time_s,
-        "best_epoch": state.best_epoch,
-        "best_val_acc": best.val_acc,
-        "best_val_loss": best.val_loss,
-    })
+    model_cfg, best = setup.model_config, state.best
+    mlflow.log_metrics(
+        {
+            "train_time_s": features_s + state.train_time_s,
+            "best_epoch": state.best_epoch,
+            "best_val_acc": best.val_acc,
+            "best_val_loss": best.val_loss,
+        }
+    )
     mlflow.set_tags({"early_stopped": str(state.stopped_early).lower(), "epochs_run": str(state.epoch)})
     history = [vars(h) for h in state.history]
     figure = plots.learning_curves(history, f"{model_cfg.backbone} ({model_cfg.mode})", state.best_epoch)
@@ -272,7 +292,7 @@ def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float
     # best.pt keeps the classifier's own weights (usable as weights= of a later run).
     logits = val_logits(setup, model, features)
     probs, exported = softmax(logits), model
-    if setup.fit.calibrate:
+    if setup.fit_config.calibrate:
         temperature, probs = calibrated(setup, logits)
         exported = TemperatureScaled(model, temperature).eval()
     operating = operating_point(setup, probs)
@@ -281,9 +301,11 @@ def _log_outcome(setup: TrainingSetup, model, state: FitState, features_s: float
     exported.cpu()
     torch.save(model.state_dict(), checkpoint_dir / "best.pt")
     tracking.log_file(checkpoint_dir / "best.pt", "checkpoints")
-    info = serving.log_model(exported, setup.prep.data.image_size, setup.prep.data.classes, operating, max_image_pixels=setup.data.max_image_pixels)
+    info = serving.log_model(
+        exported, setup.prep.dataset.image_size, setup.prep.dataset.classes, operating, max_image_pixels=setup.data_config.max_image_pixels
+    )
     mlflow.set_tag("model_uri", info.model_uri)
-    print(
+    log.info(
         f"kept epoch {state.best_epoch} (val acc {best.val_acc:.3f}, val loss {best.val_loss:.4f}); "
         f"training took {features_s + state.train_time_s:.1f}s; model {info.model_uri}"
     )
@@ -295,26 +317,28 @@ def calibrated(setup: TrainingSetup, logits: np.ndarray) -> tuple[float, np.ndar
     probabilities. The expected calibration error after it is cross-fitted (each fold of
     validation calibrated by a T fitted on the others, whole patients per fold), so it is not
     judged on the images T was fitted on; logged beside the error before."""
-    data = setup.prep.data
+    data = setup.prep.dataset
     pos = positive_index(data.classes)
     labels = data.labels("val")
     temperature = fit_temperature(logits, labels)
     rows = data.manifest()
-    units = units_of(rows, setup.data.patient_pattern, setup.data.near_duplicate_bits)[[r.split == "val" for r in rows]]
+    units = units_of(rows, setup.data_config.patient_pattern, setup.data_config.near_duplicate_bits)[[r.split == "val" for r in rows]]
     held_out = cross_fitted(logits, labels, units, CALIBRATION_FOLDS, setup.seed)
     before_ece, after_ece = (calibration(labels == pos, p[:, pos])["ece"] for p in (softmax(logits), held_out))
     mlflow.log_metrics({"temperature": temperature, "val_ece_before_calibration": before_ece, "val_ece_after_calibration": after_ece})
-    print(f"calibrated on validation: temperature {temperature:.3f}, expected calibration error {before_ece:.4f} -> {after_ece:.4f} "
-          f"({CALIBRATION_FOLDS}-fold cross-fitted)")
+    log.info(
+        f"calibrated on validation: temperature {temperature:.3f}, expected calibration error {before_ece:.4f} -> {after_ece:.4f} "
+        f"({CALIBRATION_FOLDS}-fold cross-fitted)"
+    )
     return temperature, softmax(logits, temperature)
 
 
 def operating_point(setup: TrainingSetup, probs: np.ndarray) -> serving.OperatingPoint:
     """The kept model's threshold, chosen on validation probabilities (never test): it travels
     with the model, so `predict` and `mlflow models serve` call labels at it unless told otherwise."""
-    data = setup.prep.data
+    data = setup.prep.dataset
     pos = positive_index(data.classes)
-    threshold, rule = operating_threshold(data.labels("val") == pos, probs[:, pos], setup.fit.target_sensitivity)
+    threshold, rule = operating_threshold(data.labels("val") == pos, probs[:, pos], setup.fit_config.target_sensitivity)
     return serving.OperatingPoint(threshold, rule)
 
 

@@ -1,6 +1,6 @@
 """tune: Optuna search of the learning rate for one configuration; each trial a nested run.
 
-Inputs: the data, model and fit settings of `train` (`epochs` is each trial's budget), `n_trials`
+Inputs: the data, model and fit settings of `train` (`epochs` is each trial's budget), `tune_trials`
 (trials this run adds), `storage` (Optuna RDB URL; '' = SQLite beside the tracking store),
 `study_name` ('' = `<backbone>-<mode>-<digest8>`), `lr_range` (auto = 1e-4..1e-1 frozen,
 1e-5..1e-2 fine-tune, searched log-uniformly) and `pruner` (median, hyperband, none).
@@ -18,6 +18,7 @@ only a new head on them.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 
@@ -25,10 +26,16 @@ import mlflow
 import optuna
 
 from pipeline import plots, tracking, tuning
-from pipeline.config import DataConfig, FitConfig, ModelConfig, TrialsConfig, TuneConfig, as_params
 from pipeline.data import Preparation
-from pipeline.engine import Diverged, EpochStats, Features, TrainingSetup, setup_training, train_classifier
+from pipeline.engine.features import Features
+from pipeline.engine.loop import Diverged, EpochStats, train_classifier
+from pipeline.engine.setup import TrainingSetup, setup_training
+from pipeline.errors import UserError
+from pipeline.secrets import safe_url
+from pipeline.settings import DataConfig, FitConfig, ModelConfig, TrialsConfig, TuneConfig, as_params
 from pipeline.steps.prepare import data_params
+
+log = logging.getLogger(__name__)
 
 # What a trial may raise without stopping the study: numerical trouble, a bad batch... The
 # trial is FAILED with the message; a user's mistake (UserError) still stops everything.
@@ -47,25 +54,33 @@ def run(
     model: ModelConfig,
     fit: FitConfig,
     tune_cfg: TuneConfig,
-    n_trials: int,
+    tune_trials: int,
     *,
     prep: Preparation | None = None,
     reuse: bool = False,
 ) -> Tuned:
     setup = setup_training(data, model, fit, prep)
-    digest = setup.prep.data.digest
+    digest = setup.prep.dataset.digest
     name = tune_cfg.study_name or tuning.default_study_name(model.backbone, model.mode, digest)
     url = tuning.resolve_storage(tune_cfg.storage, mlflow.get_tracking_uri())
     lr_range = tune_cfg.lr_range or tuning.DEFAULT_LR_RANGE[model.mode]
-    params = {**as_params(data, model, fit, tune_cfg), "n_trials": str(n_trials), "storage": tuning.safe_url(tune_cfg.storage)}
-    key = tracking.input_key("tune", {**params, **setup.identity(), "study_name": name, "storage": tuning.safe_url(url)}, digest)
+    if tune_trials < 1:
+        raise UserError("tune_trials must be at least 1 for the tune step (it is the number of trials this run adds to the study)")
+    params = {**as_params(data, model, fit, tune_cfg), "tune_trials": str(tune_trials), "storage": safe_url(tune_cfg.storage)}
+    key = tracking.input_key("tune", {**params, **setup.identity(), "study_name": name, "storage": safe_url(url)}, digest)
     # What makes trials comparable; not where files are (workers on other machines mount data
     # and weights elsewhere), which the data digest and the weights key stand for.
     trial_settings = {k: v for k, v in as_params(model, fit).items() if k not in ("lr", "device", "num_threads", "weights")}
     trial_settings.update(weights=setup.weights.key, image_size=str(data.image_size), seed=str(data.seed), data_digest=digest)
     study = tuning.open_study(
-        name, url, seed=data.seed, pruner_kind=tune_cfg.pruner, epochs=fit.epochs, lr_range=lr_range,
-        settings=trial_settings, n_trials=n_trials,
+        name,
+        url,
+        seed=data.seed,
+        pruner_kind=tune_cfg.pruner,
+        epochs=fit.epochs,
+        lr_range=lr_range,
+        settings=trial_settings,
+        n_trials=tune_trials,
     )
     # An earlier run stands for this one only while its study is as it left it, and only in a
     # private store: on a shared `storage` a tune step adds its trials, as the lab expects.
@@ -74,22 +89,25 @@ def run(
             return Tuned(previous.info.run_id, previous.data.metrics["best_lr"], reused=True)
     with tracking.step_run("tune", model.backbone, model.mode) as active:
         # The resolved study and storage are tags: under `mlflow run` the parameters keep what was typed ('').
-        mlflow.set_tags({"input_key": key, "worker": tuning.worker_label(), "study_name": name, "storage": tuning.safe_url(url)})
+        mlflow.set_tags({"input_key": key, "worker": tuning.worker_label(), "study_name": name, "storage": safe_url(url)})
         tracking.log_params({**params, **data_params(setup.prep)})
-        tracking.log_dataset(setup.prep.name, setup.prep.data.source, digest, setup.prep.data.split_sizes)
+        tracking.log_settings(params)
+        tracking.log_dataset(setup.prep.name, setup.prep.dataset.source, digest, setup.prep.dataset.split_sizes)
         objective = Objective(setup, lr_range)
-        print(f"study {name} in {tuning.safe_url(url)}: {n_trials} trials of up to {fit.epochs} epochs", flush=True)
-        study.optimize(objective, n_trials=n_trials, catch=TRIAL_ERRORS)
+        log.info(f"study {name} in {safe_url(url)}: {tune_trials} trials of up to {fit.epochs} epochs")
+        study.optimize(objective, n_trials=tune_trials, catch=TRIAL_ERRORS)
         summary = tuning.summarise(study)
         mlflow.set_tag("study_trials_at_end", str(len(study.get_trials(deepcopy=False))))
-        mlflow.log_metrics({
-            "best_lr": summary.best_lr,
-            "best_val_loss": summary.best_val_loss,
-            "n_trials_complete": summary.n_complete,
-            "n_trials_pruned": summary.n_pruned,
-            "n_trials_failed": summary.n_failed,
-            "n_trials_run": objective.trials_run,
-        })
+        mlflow.log_metrics(
+            {
+                "best_lr": summary.best_lr,
+                "best_val_loss": summary.best_val_loss,
+                "n_trials_complete": summary.n_complete,
+                "n_trials_pruned": summary.n_pruned,
+                "n_trials_failed": summary.n_failed,
+                "n_trials_run": objective.trials_run,
+            }
+        )
         if objective.features is not None:
             # Measured here only if a trial of this run extracted them; else their cost, and where.
             mlflow.set_tag("features_cached", str(objective.features.cached).lower())
@@ -99,7 +117,7 @@ def run(
                 mlflow.log_metric("cached_features_cost_s", objective.features.cached_extraction_s)
                 mlflow.set_tag("cached_features_measured_in", json.dumps(objective.features.cached_from))
         _log_figures(study)
-    print(
+    log.info(
         f"best lr {summary.best_lr:.3g} (val loss {summary.best_val_loss:.4f}); study {name}: "
         f"{summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed"
     )
@@ -120,9 +138,9 @@ class Objective:
         s = self.setup
         lr = trial.suggest_float("lr", *self.lr_range, log=True)
         self.trials_run += 1
-        name = f"{tracking.run_name('tune', s.model.backbone, s.model.mode)}-trial-{trial.number}"
+        name = f"{tracking.run_name('tune', s.model_config.backbone, s.model_config.mode)}-trial-{trial.number}"
         try:
-            with tracking.step_run("tune", s.model.backbone, s.model.mode, name=name, killed_on=(optuna.TrialPruned,)):
+            with tracking.step_run("tune", s.model_config.backbone, s.model_config.mode, name=name, killed_on=(optuna.TrialPruned,)):
                 mlflow.set_tags({"trial": str(trial.number), "study_name": trial.study.study_name})
                 mlflow.log_params({"lr": f"{lr:.6g}", "trial": str(trial.number)})
                 model = s.new_model()
@@ -143,20 +161,27 @@ class Objective:
 
                     try:
                         state = train_classifier(
-                            model, s.prep.data, s.fit, lr, s.device, s.seed,
-                            features=features.splits if features else None, on_epoch=on_epoch, should_stop=should_stop,
+                            model,
+                            s.prep.dataset,
+                            s.fit_config,
+                            lr,
+                            s.device,
+                            s.seed,
+                            features=features.splits if features else None,
+                            on_epoch=on_epoch,
+                            should_stop=should_stop,
                         )
                     except Diverged as e:  # a rate too high for this configuration: the search moves on
                         raise optuna.TrialPruned(str(e).split(";")[0]) from None
                 mlflow.log_metrics({"best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch})
         except optuna.TrialPruned as e:
-            print(f"trial {trial.number}: lr {lr:.3g} -> {e}", flush=True)
+            log.info(f"trial {trial.number}: lr {lr:.3g} -> {e}")
             raise
         except TRIAL_ERRORS as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:500])
-            print(f"trial {trial.number}: lr {lr:.3g} -> failed: {trial.user_attrs['error']}", flush=True)
+            log.info(f"trial {trial.number}: lr {lr:.3g} -> failed: {trial.user_attrs['error']}")
             raise
-        print(f"trial {trial.number}: lr {lr:.3g} -> val loss {state.best_val_loss:.4f}", flush=True)
+        log.info(f"trial {trial.number}: lr {lr:.3g} -> val loss {state.best_val_loss:.4f}")
         return state.best_val_loss
 
 
@@ -167,10 +192,13 @@ def _log_figures(study: optuna.Study) -> None:
         if value is not None and not math.isfinite(value):
             value = None
         trials.append({"number": t.number, "lr": t.params["lr"], "value": value, "state": t.state.name})
-    for figure, path in ((plots.optimisation_history(trials), "plots/optimization_history.png"), (plots.loss_against_lr(trials), "plots/val_loss_vs_lr.png")):
+    for figure, path in (
+        (plots.optimisation_history(trials), "plots/optimization_history.png"),
+        (plots.loss_against_lr(trials), "plots/val_loss_vs_lr.png"),
+    ):
         tracking.log_figure(figure, path)
         plots.close(figure)
 
 
 def main(data: DataConfig, model: ModelConfig, fit: FitConfig, tune_cfg: TuneConfig, trials: TrialsConfig) -> None:
-    run(data, model, fit, tune_cfg, trials.n_trials)
+    run(data, model, fit, tune_cfg, trials.tune_trials)

@@ -1,0 +1,99 @@
+"""The model card: what a user of one model needs to know, in Markdown."""
+
+from __future__ import annotations
+
+from pipeline.analysis.shortcuts import shortcut_verdict
+from pipeline.report.tables import label
+
+
+def model_card(row: dict, study: dict, data: dict) -> str:
+    """What a user of this model needs to know, in Markdown: data, patient handling, training,
+    test figures with intervals, threshold, calibration, shortcut check, known limits.
+    `data`: name, digest, split sizes, the validation plan and who the images are of (`population`)."""
+    name = label(row)
+
+    def ci(k: str) -> str:
+        if row.get(f"{k}_ci_low") is None:
+            return f"{row[k]:.3f}"
+        return f"{row[k]:.3f} [{row[f'{k}_ci_low']:.3f}, {row[f'{k}_ci_high']:.3f}]"
+
+    shortcuts = (study.get("shortcuts") or {}).get(name)
+    gap = (study.get("gap") or {}).get(name, {})
+    calibration = (
+        f"temperature {row['temperature']:.3f} fitted on validation (expected calibration error "
+        f"{row['val_ece_before_calibration']:.3f} -> {row['val_ece_after_calibration']:.3f}, the latter cross-fitted on folds of validation)"
+        if row.get("temperature")
+        else "not calibrated (calibrate=false)"
+    )
+    if gap:
+        calibration += (
+            f"; on test: expected calibration error {gap['calibration']['test']['ece']:.3f}, Brier score {gap['calibration']['test']['brier']:.3f}"
+        )
+    lines = [
+        f"# Model card: {row['backbone']}, {row['mode']}",
+        "",
+        "Classifies a chest radiograph as NORMAL or PNEUMONIA. Research use only: not a medical device.",
+        "",
+        "## Data",
+        f"- data set: {data['name']} (digest `{data['digest']}`), {data['sizes']}",
+        f"- validation: {data['validation']}",
+        "",
+        "## Training",
+        f"- backbone {row['backbone']} ({row['mode']}), weights {row.get('weights_key')}, lr {row['lr']:.3g} ({row.get('lr_source')}), "
+        f"{row['epochs_run']} epochs run of {row.get('epochs')}, kept at the lowest validation loss",
+        f"- runs: train `{row['train_run_id']}`, evaluate `{row['evaluate_run_id']}`",
+        "",
+        f"## Test figures at the operating threshold {row['operating_threshold']:.4g} (95 % intervals)"
+        if row.get("operating_threshold") is not None
+        else "## Test figures at 0.5 (no threshold stored; 95 % intervals)",
+        f"- accuracy {ci('test_acc_at_val_threshold')}, sensitivity {ci('test_sensitivity_at_val_threshold')}, "
+        f"specificity {ci('test_specificity_at_val_threshold')}; AUC {ci('test_auc')} (any threshold)",
+        f"- at 0.5, for comparison only (not how the model is used): accuracy {ci('test_acc')}, sensitivity {ci('test_sensitivity')}, "
+        f"specificity {ci('test_specificity')}",
+        f"- intervals: {row.get('interval_method') or 'exact / bootstrap of images'}",
+        f"- validation at the threshold: accuracy {row['val_acc_at_val_threshold']:.3f}"
+        + (f", AUC {row['val_auc']:.3f}" if row.get("val_auc") is not None else ""),
+        "",
+        "## Operating point and calibration",
+        f"- threshold {row['operating_threshold']:.4g}: {row.get('operating_threshold_rule')}; predict and mlflow models serve use it unless told otherwise"
+        if row.get("operating_threshold") is not None
+        else "- threshold 0.5 (none stored)",
+        f"- {calibration}",
+        "",
+        "## Shortcut check",
+        shortcut_card_line(shortcuts) if shortcuts else "- not run",
+        "",
+        "## Known limits",
+        f"- {data['population']}",
+        "- Test figures hold for images like the test set's; its class balance and any patients it shares with train are in the report.",
+        *[f"- {f}" for f in study.get("findings", []) if f.startswith(name)],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def shortcut_card_line(check: dict) -> str:
+    """The occlusion figures under both fills, and the verdict they support."""
+
+    def iv(key: str) -> str:
+        c = check.get(key)
+        return f"{c['value']:.3f} [{c['ci_low']:.3f}, {c['ci_high']:.3f}]" if c else "-"
+
+    kind, why = shortcut_verdict(check)
+    return (
+        f"- test AUC with the lungs hidden {iv('lungs_hidden')} (training mean grey) / {iv('lungs_hidden_fill_visible')} (visible part's mean), "
+        f"with only the lungs shown {iv('outside_hidden')} / {iv('outside_hidden_fill_visible')}\n"
+        f"- verdict: {kind.replace('_', ' ')} ({why})"
+    )
+
+
+def population(name: str, kaggle_names: bool) -> str:
+    """What the card can say of whom the images show."""
+    if name == "demo":
+        return "Trained on the synthetic demo set: drawn images, not radiographs of patients; a demonstration only."
+    if kaggle_names:
+        return (
+            "Trained and tested on one data set with the Kaggle / Kermany file names: paediatric radiographs (1 to 5 years) from one "
+            "centre (Guangzhou Women and Children's Medical Center); adults, other hospitals, machines and protocols may behave differently."
+        )
+    return f"Trained and tested on one data set ({name}); other hospitals, machines and populations may behave differently."

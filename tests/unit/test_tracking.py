@@ -1,0 +1,129 @@
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline import tracking
+from pipeline.tracking import reuse
+
+
+@dataclass
+class Stats:
+    epoch: int
+    train_loss: float = 0.5
+    train_acc: float = 0.7
+    val_loss: float = 0.6
+    val_acc: float = 0.65
+    lr: float = 1e-3
+    epoch_time_s: float = 1.0
+
+
+def test_input_key_changes_with_the_libraries(monkeypatch):
+    key = tracking.input_key("train", {"lr": "0.001"}, "d1")
+    monkeypatch.setattr(reuse, "library_versions", lambda: {"torch": "9.9", "torchvision": "0.29.1", "mlflow": "3.17.2"})
+    assert tracking.input_key("train", {"lr": "0.001"}, "d1") != key
+
+
+def test_input_key_changes_with_any_input():
+    key = tracking.input_key("train", {"lr": "0.001"}, "d1")
+    assert key == tracking.input_key("train", {"lr": "0.001"}, "d1")
+    assert (
+        len(
+            {
+                key,
+                tracking.input_key("train", {"lr": "0.002"}, "d1"),
+                tracking.input_key("train", {"lr": "0.001"}, "d2"),
+                tracking.input_key("tune", {"lr": "0.001"}, "d1"),
+            }
+        )
+        == 4
+    )
+
+
+def test_params_typed_under_mlflow_run_stay_and_resolved_values_go_beside(store):
+    with tracking.step_run("train", "resnet18", "frozen") as run:
+        mlflow.log_params({"lr": "auto", "cache_dir": "''"})  # as `mlflow run` logs them
+        tracking.log_params({"lr": "0.001", "cache_dir": "", "epochs": "3"})
+    params = MlflowClient().get_run(run.info.run_id).data.params
+    assert (params["lr"], params["lr_resolved"], params["epochs"]) == ("auto", "0.001", "3")
+    assert "cache_dir_resolved" not in params  # '' is how `mlflow run` writes an empty string
+
+
+def test_epoch_recorder_logs_in_order_and_checkpoints_a_snapshot(store, tmp_path):
+    weights = torch.zeros(3)
+    with tracking.step_run("train", "resnet18", "finetune") as run:
+        recorder = tracking.EpochRecorder(tmp_path)
+        for epoch in (1, 2, 3):
+            weights.fill_(epoch)
+            recorder(Stats(epoch, val_loss=1.0 / epoch), None, lambda epoch=epoch: {"w": weights, "epoch": epoch})
+            weights.fill_(-1)  # training goes on changing the weights after the epoch ended
+        recorder.close()
+    client = MlflowClient()
+    for metric in tracking.EPOCH_METRICS:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2, 3]
+    saved = torch.load(
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints/last.pt", dst_path=str(tmp_path / "d")),
+        weights_only=True,
+    )
+    assert saved["epoch"] == 3 and saved["w"].tolist() == [3.0, 3.0, 3.0]
+
+
+def test_a_resumed_run_does_not_log_an_epoch_twice(store, tmp_path):
+    with tracking.step_run("train", "resnet18", "frozen") as run:
+        first = tracking.EpochRecorder()
+        first(Stats(1), None, None)
+        first(Stats(2), None, None)
+        first.close()
+        again = tracking.EpochRecorder()  # the checkpoint said epoch 1: epoch 2 runs again
+        again(Stats(2), None, None)
+        again(Stats(3), None, None)
+        again.close()
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3]
+
+
+def test_a_failing_write_is_raised_not_lost(store, tmp_path):
+    with pytest.raises(OSError):  # raised in the recorder's thread, surfaced by close()
+        with tracking.step_run("train", "resnet18", "finetune") as run:
+            artifacts = Path(urlparse(run.info.artifact_uri).path)
+            artifacts.mkdir(parents=True, exist_ok=True)
+            (artifacts / "checkpoints").write_text("a file where the checkpoint folder should be")
+            recorder = tracking.EpochRecorder(tmp_path)
+            recorder(Stats(1), None, lambda: {"w": torch.zeros(1)})
+            recorder.close()
+
+
+def test_a_with_block_keeps_its_own_error_over_the_recorders(store, tmp_path):
+    with tracking.step_run("train", "resnet18", "finetune") as run:
+        artifacts = Path(urlparse(run.info.artifact_uri).path)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / "checkpoints").write_text("a file where the checkpoint folder should be")
+        with pytest.raises(OSError):  # a clean exit raises what the recorder's thread met
+            with tracking.EpochRecorder(tmp_path) as recorder:
+                recorder(Stats(1), None, lambda: {"w": torch.zeros(1)})
+        with pytest.raises(KeyError, match="training failed"):  # the block's own error is not masked
+            with tracking.EpochRecorder(tmp_path) as recorder:
+                recorder(Stats(1), None, lambda: {"w": torch.zeros(1)})
+                raise KeyError("training failed")
+        assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_loss")] == [1]
+
+
+def test_ui_hint_for_a_local_store_and_a_server(store, monkeypatch):
+    assert "mlflow ui --backend-store-uri sqlite:///" in tracking.ui_hint("7") and "#/experiments/7/runs" in tracking.ui_hint("7")
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://tracking:5000/")
+    assert tracking.ui_hint("7") == "Runs: http://tracking:5000/#/experiments/7/runs"
+
+
+def test_ui_hint_opens_the_compare_view_of_the_runs_given(store, monkeypatch):
+    from urllib.parse import parse_qs, unquote, urlparse
+
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://tracking:5000/")
+    address = tracking.ui_hint("7", ["a1", "b2"]).removeprefix("Its runs side by side: ")
+    page, _, query = urlparse(address).fragment.partition("?")
+    assert address.startswith("http://tracking:5000/#/") and page == "/compare-runs"
+    # The UI reads both lists with JSON.parse.
+    assert {k: json.loads(unquote(v[0])) for k, v in parse_qs(query).items()} == {"runs": ["a1", "b2"], "experiments": ["7"]}
