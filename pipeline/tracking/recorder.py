@@ -93,8 +93,11 @@ class EpochRecorder:
         if self.local_artifacts is not None:
             folder = self.local_artifacts / "checkpoints"
             folder.mkdir(parents=True, exist_ok=True)
-            torch.save(snapshot, folder / "last.pt.tmp")
-            os.replace(folder / "last.pt.tmp", folder / "last.pt")
+            # Written beside the artifacts, not among them: a reader listing checkpoints/ while the
+            # file is written (resume, has_artifact) would see a name that vanishes at the rename.
+            partial = self.local_artifacts.parent / "last.pt.partial"
+            torch.save(snapshot, partial)
+            os.replace(partial, folder / "last.pt")
         else:
             torch.save(snapshot, self.checkpoint_dir / "last.pt")
             self.client.log_artifact(self.run_id, str(self.checkpoint_dir / "last.pt"), "checkpoints")
