@@ -8,7 +8,9 @@ correlated outcomes; `pipeline/analysis/simulation.py` draws them): (a) no shift
 unseen validation images differ only in class mix; (c) memorisation; (d) a prevalence shift only;
 (e) class signal only inside the lung box; (f) only outside it, a corner marker. (e) and (f) run
 the pipeline's occlusion code on generated images with a scorer that reads only its region; (i)
-two models alike and (j) one better, tested paired as the report tests every pair.
+two models alike and (j) one better, tested paired as the report tests every pair; (k) two sets
+of image features alike and (l) one moved (another scanner), the shift as `external` and the
+compare report flag it (`shift.domain_shift`: fitted on half, its AUC interval above 0.5).
 Outcomes of one patient's images are correlated at 0.3 (of a latent normal); (g) and (h) repeat
 (a) and (c) at 0.6, printed to show how the rates move with it, not judged.
 

@@ -124,6 +124,11 @@ def name_list(name: str, value: str) -> tuple[str, ...]:
     return items
 
 
+def path_list(name: str, value: str) -> tuple[str, ...]:
+    """Comma-separated paths, repeats dropped; empty: none."""
+    return tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
+
+
 def patient_pattern(name: str, value: str) -> str:
     """A regular expression applied to file names; its `patient` group (or whole match) is the key."""
     if value == "":
@@ -172,11 +177,11 @@ def option(default: Any, parse: Parser, help: str) -> Any:
     return field(default=default, metadata={"parse": parse, "help": help})
 
 
-CSV_COLUMN_DEFAULTS = {"file": "file", "label": "label", "patient": "patient", "split": "split"}
+CSV_COLUMN_DEFAULTS = {"file": "file", "label": "label", "patient": "patient", "split": "split", "site": "site"}
 
 
 def csv_columns(name: str, value: str) -> str:
-    """`role=column` pairs, comma-separated; roles file, label, patient, split; unnamed roles keep
+    """`role=column` pairs, comma-separated; roles file, label, patient, split, site; unnamed roles keep
     their default column names. Returned whole (every role), so the logged parameter says it all."""
     columns = dict(CSV_COLUMN_DEFAULTS)
     for part in filter(None, (p.strip() for p in value.split(","))):

@@ -141,3 +141,20 @@ def image_grid(images: list[np.ndarray], titles: list[str], columns: int = 6, ti
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def reliability(curves: dict[str, list[dict]], title: str = ""):
+    """Reliability diagrams on one axis: accuracy against the confidence of the predicted class,
+    one curve per label (points below the diagonal are overconfidence)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.8))
+    ax.plot([0.5, 1], [0.5, 1], ":", color="grey", label="perfectly calibrated")
+    for label, curve in curves.items():
+        ax.plot([b["confidence"] for b in curve], [b["accuracy"] for b in curve], "-o", markersize=3, label=label)
+    ax.set_xlim(0.5, 1.0)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence of the predicted class")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -25,6 +25,7 @@ from pipeline.parsers import (
     name_list,
     number,
     option,
+    path_list,
     patient_pattern,
     seed_or_auto,
     text,
@@ -71,6 +72,12 @@ class DataConfig:
         "CSV source: findings (comma-separated) that make a row PNEUMONIA, every other NORMAL ('' = the label column holds NORMAL/PNEUMONIA or 0/1)",
     )
     test_list: str = option("", text, "CSV source without a split column: a file naming the test images, one per line (e.g. NIH's test_list.txt)")
+    test_site: str = option(
+        "",
+        text,
+        "CSV source with a site column: the site held out as the test set (the other sites train and validate); "
+        "each: main runs leave-one-site-out, one evaluation per site, summarised",
+    )
     test_fraction: float = option(
         0.2, number(0.0, 0.5, high_open=False), "CSV source with neither split column nor test_list: share held out as test, by patient"
     )
@@ -170,6 +177,13 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ExternalConfig:
+    external_split: str = option(
+        "all", choice("all", "test"), "external: all its labelled images form the external set (all), or only its test split (test)"
+    )
+
+
+@dataclass(frozen=True)
 class PredictConfig:
     model_uri: str = option("", text, "model to use (models:/..., runs:/.../model)")
     input: str = option("", text, "an image file or a folder of images")
@@ -187,6 +201,12 @@ class CompareConfig:
     weights: str = weights_option()  # compare trains every configuration from the same weights
     report_for: str = option("", text, "run id of an earlier compare run: rebuild its report from the store, train nothing")
     seeds: int = option(1, integer(1, 100), "train every configuration with this many training seeds (seed, seed+1, ...) and report mean +- sd")
+    external: tuple[str, ...] = option(
+        (),
+        path_list,
+        "comma-separated data sets from other hospitals, read as data_dir is: every configuration is scored on each (the external step) "
+        "and the report compares them there",
+    )
 
 
 @dataclass(frozen=True)
@@ -202,6 +222,7 @@ STEP_SETTINGS: dict[str, tuple[type, ...]] = {
     "tune": (DataConfig, ModelConfig, FitConfig, TuneConfig, TrialsConfig, ConsoleConfig),
     "evaluate": (EvaluateConfig, ConsoleConfig),
     "main": (DataConfig, ModelConfig, FitConfig, TrialsConfig, TuneConfig, ConsoleConfig),
+    "external": (EvaluateConfig, DataConfig, ExternalConfig, ConsoleConfig),
     "predict": (PredictConfig, ConsoleConfig),
     "compare": (DataConfig, FitConfig, TrialsConfig, TuneConfig, CompareConfig, ConsoleConfig),
 }

@@ -136,6 +136,29 @@ def make_csv_dicom_dataset(root: Path, patients: int = 40, per_patient: int = 2,
     return table
 
 
+def make_site_table(root: Path, sites: tuple[str, ...] = ("north", "south", "east"), patients: int = 12, size: int = 32) -> Path:
+    """A label table of PNG radiographs from several hospitals: columns file, label, patient,
+    hospital (the site); `patients` per site, alternately NORMAL and PNEUMONIA, two images each."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.data.synthetic import radiograph
+
+    rng = np.random.default_rng(0)
+    lines = ["file,label,patient,hospital"]
+    for site in sites:
+        for p in range(patients):
+            label = "PNEUMONIA" if p % 2 else "NORMAL"
+            for k in range(2):
+                rel = f"{site}/{site}-{p:02d}-{k}.png"
+                (root / site).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(radiograph(rng, size, p % 2 == 1)).save(root / rel)
+                lines.append(f"{rel},{label},{site}-{p:02d},{site}")
+    table = root / "labels.csv"
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return make_dataset(tmp_path / "tiny")

@@ -16,14 +16,14 @@ from pipeline.analysis.findings import findings, render
 from pipeline.analysis.gap import calibration, gap_causes
 from pipeline.analysis.leakage import leakage
 from pipeline.analysis.mistakes import error_breakdown, label_noise_candidates
-from pipeline.analysis.shift import class_balance, domain_auc, image_statistics
+from pipeline.analysis.shift import class_balance, domain_shift, image_statistics
 from pipeline.analysis.uncertainty import metric_intervals, pairwise_tests
 from pipeline.analysis.verdicts import verdict_rows, verdicts_markdown
 
 __all__ = [
     "calibration",
     "class_balance",
-    "domain_auc",
+    "domain_shift",
     "error_breakdown",
     "findings",
     "gap_causes",

@@ -160,15 +160,17 @@ def findings(analysis: dict) -> list[str]:
         out.append(f"PNEUMONIA is {100 * balance['train']:.0f} % of train and {100 * balance['test']:.0f} % of test.")
     auc = analysis["shift"].get("domain_auc")
     if auc is not None:
+        low, high = analysis["shift"].get("domain_auc_ci_low", auc), analysis["shift"].get("domain_auc_ci_high", auc)
         verdict = (
-            "clearly distinguishable: the test set comes from a shifted distribution"
+            "hard to tell apart: no sign of distribution shift (the interval holds 0.5)"
+            if low <= 0.5
+            else "clearly distinguishable: the test set comes from a shifted distribution"
             if auc >= 0.7
-            else "hard to tell apart: little sign of distribution shift"
-            if auc < 0.6
             else "somewhat distinguishable: a mild shift"
         )
         out.append(
-            f"A classifier on {analysis['shift']['domain_features']} features tells train from test images with AUC {auc:.2f} (0.5 = no difference): {verdict}."
+            f"A classifier on {analysis['shift']['domain_features']} features tells train from test images with AUC {auc:.2f} [{low:.2f}, {high:.2f}] "
+            f"(0.5 = no difference; fitted on half the images, scored on the rest): {verdict}."
         )
     stats = analysis["shift"]["image_statistics"]
     if "train" in stats and "test" in stats:
@@ -212,7 +214,11 @@ def render(analysis: dict, max_listed: int = 30) -> str:
             f"| {split} | {100 * shift['class_balance'][split]:.1f} | {s['n']} | {s['width_mean']:.0f} | {s['height_mean']:.0f} | {s['intensity_mean']:.1f} | {s['contrast_mean']:.1f} |"
         )
     if shift.get("domain_auc") is not None:
-        lines += ["", f"Train vs test, classifier on {shift['domain_features']} features: AUC {shift['domain_auc']:.3f}."]
+        lines += [
+            "",
+            f"Train vs test, classifier on {shift['domain_features']} features: AUC {shift['domain_auc']:.3f} "
+            f"[{shift.get('domain_auc_ci_low', float('nan')):.3f}, {shift.get('domain_auc_ci_high', float('nan')):.3f}].",
+        ]
     if analysis.get("errors"):
         lines += [
             "",

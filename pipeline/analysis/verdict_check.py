@@ -13,11 +13,13 @@ from pipeline.analysis.gap import CAUSES
 from pipeline.analysis.simulation import (
     GapScenario,
     PairScenario,
+    ShiftScenario,
     ShortcutScenario,
     Tally,
     false_cause_rate,
     run_gap_scenario,
     run_pair_scenario,
+    run_shift_scenario,
     run_shortcut_scenario,
 )
 
@@ -40,6 +42,10 @@ PAIR_SCENARIOS = {
     "i. two models alike (AUC 0.90 both)": PairScenario(0.90, 0.90),
     "j. one model better (AUC 0.95 against 0.88)": PairScenario(0.95, 0.88),
 }
+SHIFT_SCENARIOS = {
+    "k. two sets alike (no acquisition shift)": ShiftScenario(0.0),
+    "l. another scanner: 4 of 64 features moved by 0.35 sd": ShiftScenario(0.35),
+}
 # The cause each judged scenario plants, whose power is judged; (g) and (h) show how the rates
 # move with the correlation, and are printed, not judged.
 PLANTED = {
@@ -49,8 +55,9 @@ PLANTED = {
     "f": ("shortcut", "without_lung_box"),
     "h": ("leakage", "supported"),
     "j": ("paired auc", "distinguishable"),
+    "l": ("shift", "shift"),
 }
-JUDGED = set("abcdefij")
+JUDGED = set("abcdefijkl")
 NOMINAL_RATE = 0.05
 POWER_LIMIT = 0.80
 
@@ -90,6 +97,8 @@ def verdict_check(studies: int, resamples: int, seed: int = 0) -> list[CheckRow]
     for name, scenario in PAIR_SCENARIOS.items():
         tally = run_pair_scenario(scenario, studies, seed, resamples)
         rows += [_row(name, cause, scenario.truth(), tally) for cause in ("paired acc", "paired auc")]
+    for name, scenario in SHIFT_SCENARIOS.items():
+        rows.append(_row(name, "shift", scenario.truth(), run_shift_scenario(scenario, studies, seed, resamples)))
     return rows
 
 
@@ -100,6 +109,8 @@ def _row(name: str, cause: str, truth: str, tally: Tally) -> CheckRow:
         false = sum(r for v, r in rates.items() if v != "cannot_tell" and v != truth)
     elif cause.startswith("paired"):
         false = rates.get("distinguishable", 0.0) if truth == "absent" else 0.0
+    elif cause == "shift":
+        false = rates.get("shift", 0.0) if truth == "absent" else 0.0
     else:
         false = false_cause_rate(tally, cause, truth)
     planted = PLANTED.get(letter)

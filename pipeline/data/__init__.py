@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.data.cache import PreparedData, build_entry, cache_root, decode_images, entry_folder, load_entry
 from pipeline.data.checks import check_every_class_present, data_report
 from pipeline.data.csv_source import CsvSettings, list_csv
+from pipeline.data.csv_source import sites_of as csv_sites
 from pipeline.data.sources import Listing, SourceImage, list_source
 from pipeline.data.synthetic import demo_dataset
 from pipeline.data.validation import ValidationPlan, choose_validation, split_by_patient
+from pipeline.errors import UserError
 from pipeline.parsers import column_map
 from pipeline.settings import DataConfig
 
-__all__ = ["Located", "Preparation", "PreparedData", "dataset_digest", "locate_dataset", "prepare_dataset"]
+__all__ = ["Located", "Preparation", "PreparedData", "dataset_digest", "locate_dataset", "prepare_dataset", "sites_of"]
 
 
 @dataclass
@@ -75,9 +77,13 @@ def locate_dataset(config: DataConfig) -> Located:
             if suffix == ".csv"
             else location.resolve().name
         )
+    if config.test_site == "each":
+        raise UserError("test_site=each is leave-one-site-out, which the main step runs; other steps take one site's name")
     if location.suffix.lower() == ".csv" and location.is_file():
-        listing = list_csv(location, CsvSettings(column_map(config.csv_columns), config.positive_labels, config.test_list))
+        listing = list_csv(location, csv_settings(config))
     else:
+        if config.test_site:
+            raise UserError(f"test_site needs a label table with a site column; {data_dir} is not a .csv table")
         listing = list_source(str(location))
     kind = kind or listing.kind
     plan = choose_validation(listing.images, listing.classes, config.val_source)
@@ -96,6 +102,18 @@ def locate_dataset(config: DataConfig) -> Located:
         root, dataset_digest(listing.classes, listing.images, identities, f"{listing.location}|{split_settings}"), config.image_size
     )
     return Located(listing, kind, name, plan, folder)
+
+
+def csv_settings(config: DataConfig) -> CsvSettings:
+    return CsvSettings(column_map(config.csv_columns), config.positive_labels, config.test_list, config.test_site)
+
+
+def sites_of(config: DataConfig) -> list[str]:
+    """The sites the label table at `data_dir` names (its site column), each once."""
+    location = Path(config.data_dir)
+    if location.suffix.lower() != ".csv" or not location.is_file():
+        raise UserError(f"test_site needs a label table with a site column; {config.data_dir or 'the demo set'} is not a .csv table")
+    return csv_sites(location, csv_settings(replace(config, test_site="")))
 
 
 def cut_test(listing: Listing) -> bool:

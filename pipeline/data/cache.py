@@ -27,7 +27,7 @@ from pipeline.data.units import perceptual_hash
 from pipeline.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 # Bump when decoding, resizing or what an entry holds changes, so older entries are not reused.
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 
 def cache_root(setting: str = "") -> Path:
@@ -233,7 +233,7 @@ def build_entry(
             width, height, mode, content_hash, phash = ok
             kept.append(k)
             labels.append(classes.index(image.label))
-            rows.append(ManifestRow(image.relpath, split, image.label, width, height, mode, content_hash, image.patient, phash))
+            rows.append(ManifestRow(image.relpath, split, image.label, width, height, mode, content_hash, image.patient, phash, image.site))
         # Copied from the scratch file by the kernel: a split of 10^6 images never sits in memory.
         _new_array_file(tmp / f"{split}_images.npy", (len(kept), image_size, image_size))
         decoded.copy_rows(kept, tmp / f"{split}_images.npy")

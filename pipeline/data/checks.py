@@ -32,6 +32,7 @@ class ManifestRow:
     content_hash: str  # of the decoded grey pixels and their shape
     patient: str = ""  # as the source gave it (a CSV's patient column); else patient_pattern finds it
     phash: str = ""  # perceptual hash (hex) of the decoded image, for near-duplicates
+    site: str = ""  # the hospital or scanner, where the source names it
 
 
 MANIFEST_COLUMNS = [f.name for f in fields(ManifestRow)]
@@ -57,6 +58,7 @@ def read_manifest(path: Path) -> list[ManifestRow]:
                 r["content_hash"],
                 r.get("patient", ""),
                 r.get("phash", ""),
+                r.get("site", ""),
             )
             for r in csv.DictReader(f)
         ]
@@ -224,7 +226,19 @@ def data_report(
         "duplicates": describe_duplicates(rows),
         "near_duplicates": {"max_bits": near_duplicate_bits, "across_splits": near_duplicates_across_splits(rows, near_duplicate_bits)},
         "patients": describe_patients(rows, patient_pattern),
+        "sites": images_per_site(rows),
     }
+
+
+def images_per_site(rows: list[ManifestRow]) -> dict[str, dict[str, int]]:
+    """Images per site and split, where the source names sites (else empty)."""
+    if not any(r.site for r in rows):
+        return {}
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows:
+        split_counts = counts.setdefault(r.site or "(no site)", {s: 0 for s in SPLIT_ORDER})
+        split_counts[r.split] += 1
+    return dict(sorted(counts.items()))
 
 
 def render_report(report: dict, max_listed: int = 50) -> str:
@@ -253,6 +267,9 @@ def render_report(report: dict, max_listed: int = 50) -> str:
         lines.append(
             f"| {split} | " + " | ".join(str(per_class[c]) for c in classes) + f" | {report['totals'][split]} | " + " | ".join(shares) + " |"
         )
+    if report.get("sites"):
+        lines += ["", "## Images per site and split", "", "| site | " + " | ".join(SPLIT_ORDER) + " |", "|---" * (len(SPLIT_ORDER) + 1) + "|"]
+        lines += [f"| {site} | " + " | ".join(str(n[s]) for s in SPLIT_ORDER) + " |" for site, n in report["sites"].items()]
     for title, key in (("Rejected files (could not be decoded)", "rejected"), ("Ignored files", "ignored")):
         entries = report[key]
         lines += ["", f"## {title}: {len(entries)}", ""]

@@ -7,7 +7,8 @@ This is how the large public sets and hospital exports come: NIH ChestX-ray14's
 is a class name (NORMAL / PNEUMONIA, or 0 / 1), or, with `positive_labels`, any text whose
 `|`-separated findings include one of them is PNEUMONIA and every other is NORMAL (NIH's
 "No Finding" and "Effusion" alike). The patient column is what keeps a patient on one side of
-every split. A relative path that climbs out of the table's folder is a rejected row, never opened;
+every split; the site column (a hospital, a scanner) lets `test_site` hold one site out as the
+test set, the way another hospital would meet the model. A relative path that climbs out of the table's folder is a rejected row, never opened;
 absolute paths are taken as given, and the data report counts the rows that used them. Rows that cannot be used (file missing, label unknown, two labels for one file)
 are listed with the reason and the rest go on; identical repeated rows (RSNA's boxes) count once.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline.data.sources import DEAD_LINK, IMAGE_EXTENSIONS, NPZ_CLASSES, Listing, SourceImage
@@ -39,9 +40,10 @@ LABEL_ALIASES = {"0": NPZ_CLASSES[0], "1": NPZ_CLASSES[1], "normal": NPZ_CLASSES
 
 @dataclass(frozen=True)
 class CsvSettings:
-    columns: dict[str, str]  # role (file, label, patient, split) -> column name
+    columns: dict[str, str]  # role (file, label, patient, split, site) -> column name
     positive_labels: tuple[str, ...] = ()
     test_list: str = ""  # a file naming the test images (NIH's test_list.txt), relative to the table
+    test_site: str = ""  # the site whose images form the test set (the others train and validate)
 
     @property
     def explicit(self) -> set[str]:
@@ -79,6 +81,8 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
         raise UserError(
             f"{path.name} has a split column ({columns['split']!r}) and test_list is given: use one; set csv_columns split= to a column that does not exist to ignore it"
         )
+    if settings.test_site:
+        _check_test_site(path.name, columns, settings)
     finder = FileFinder(root)
     ignored: list[tuple[str, str]] = []
     absolute = 0
@@ -97,7 +101,10 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
             )
             continue
         split = "train"
-        if "split" in columns:
+        site = (row.get(columns["site"]) or "").strip() if "site" in columns else ""
+        if settings.test_site:
+            split = "test" if site == settings.test_site else "train"
+        elif "split" in columns:
             given = (row.get(columns["split"]) or "").strip().lower()
             if given not in SPLIT_ALIASES:
                 ignored.append((f"{where} {name}", f"unknown split {row.get(columns['split'])!r} (expected train, val or test)"))
@@ -106,10 +113,10 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
         elif test_names is not None and Path(name).name in test_names:
             split = "test"
         patient = (row.get(columns["patient"]) or "").strip() if "patient" in columns else ""
-        entry = {"label": label, "split": split, "patient": patient, "where": where}
+        entry = {"label": label, "split": split, "patient": patient, "site": site, "where": where}
         if name in by_file:
             if {k: v for k, v in by_file[name].items() if k != "where"} != {k: v for k, v in entry.items() if k != "where"}:
-                by_file[name]["conflict"] = f"{by_file[name]['where']} and {where} disagree (label, split or patient)"
+                by_file[name]["conflict"] = f"{by_file[name]['where']} and {where} disagree (label, split, patient or site)"
             else:
                 repeated += 1
             continue
@@ -126,7 +133,7 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
         absolute += Path(name).is_absolute()
         # Named relative to the table where it lies below it, else as the table gives it (absolute).
         relpath = file.relative_to(root).as_posix() if file.is_relative_to(root) else file.as_posix()
-        images.append(SourceImage(relpath, entry["split"], entry["label"], path=file, patient=entry["patient"]))
+        images.append(SourceImage(relpath, entry["split"], entry["label"], path=file, patient=entry["patient"], site=entry["site"]))
     if repeated:
         ignored.append((path.name, f"{repeated} repeated rows (same file, label, split and patient) counted once"))
     if not images:
@@ -135,10 +142,29 @@ def list_csv(path: Path, settings: CsvSettings) -> Listing:
             if ignored
             else f"{path.name} has no rows"
         )
+    if settings.test_site and not any(i.split == "test" for i in images):
+        sites = sorted({i.site for i in images})
+        raise UserError(f"{path.name}: no usable image of site {settings.test_site!r} to test on; its sites: {', '.join(sites)}")
     classes = sorted({i.label for i in images})
     if len(classes) < 2:
         raise UserError(f"{path.name}: every usable row is {classes[0]}; a classifier needs both classes (check the label column or positive_labels)")
     return Listing("csv", str(path.resolve()), classes, images, ignored, absolute)
+
+
+def _check_test_site(table: str, columns: dict[str, str], settings: CsvSettings) -> None:
+    """test_site chooses the test set: the table must name sites, and nothing else may choose it."""
+    if "site" not in columns:
+        raise UserError(f"test_site needs a site column; {table} has no {settings.columns['site']!r} column: name it with csv_columns site=<column>")
+    if "split" in columns or settings.test_list:
+        chooser = f"a split column ({columns['split']!r})" if "split" in columns else "test_list"
+        raise UserError(
+            f"test_site and {chooser} both choose the test set of {table}: use one (set csv_columns split= to a column that does not exist to ignore it)"
+        )
+
+
+def sites_of(path: Path, settings: CsvSettings) -> list[str]:
+    """The sites a label table names, each once, in order (leave-one-site-out runs one per site)."""
+    return sorted({i.site for i in list_csv(path, replace(settings, test_site="")).images if i.site})
 
 
 def _label(value: str, positive: tuple[str, ...]) -> str | None:

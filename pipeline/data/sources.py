@@ -40,6 +40,7 @@ class SourceImage:
     path: Path | None = None
     array: np.ndarray | None = field(default=None, repr=False, compare=False)
     patient: str = ""  # given by the source (a CSV's patient column); else found by patient_pattern
+    site: str = ""  # the hospital or scanner the image came from (a CSV's site column)
 
     def stored_bytes(self) -> bytes:
         """The file's bytes (an npz row's array bytes); `UnreadableImage` where the file cannot
@@ -194,6 +195,8 @@ def list_source(data_dir: str) -> Listing:
 
 def list_folder(root: Path) -> Listing:
     present = {p.name for p in root.iterdir() if p.is_dir()}
+    if len(present) >= 2 and not present & set(SPLITS) and not _nested_layout_hint(root):
+        return list_class_folders(root)
     missing = [s for s in ("train", "test") if s not in present]
     if missing:
         found = ", ".join(sorted(p + "/" for p in present)) or "no sub-folders"
@@ -210,21 +213,43 @@ def list_folder(root: Path) -> Listing:
         if item.name not in splits:
             ignored.append((item.name + ("/" if item.is_dir() else ""), "not a split folder (train/, val/, test/)"))
     for split in splits:
-        split_dir = root / split
-        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        classes_per_split[split] = classes
-        for item in sorted(split_dir.iterdir()):
-            if item.is_file():
-                ignored.append((f"{split}/{item.name}", "not inside a class folder"))
-        for label in classes:
-            for file, reason in walk_files(split_dir / label):
-                rel = file.relative_to(root).as_posix()
-                if reason:
-                    ignored.append((rel, reason))
-                else:
-                    images.append(SourceImage(rel, split, label, path=file))
+        classes_per_split[split], found = _class_folders(root, root / split, split, ignored)
+        images += found
     classes = _check_classes(classes_per_split, images)
     return Listing("folder", str(root.resolve()), classes, images, ignored)
+
+
+def list_class_folders(root: Path) -> Listing:
+    """One sub-folder per class and no split folders (how another hospital's export or an
+    external set often comes): every image is listed as train, so that `prepare` cuts test and
+    validation from it by patient, as for a label table without a split column."""
+    ignored: list[tuple[str, str]] = []
+    classes, images = _class_folders(root, root, "train", ignored)
+    empty = [label for label in classes if not any(i.label == label for i in images)]
+    if empty:
+        raise UserError(
+            f"{root} holds class folders {', '.join(c + '/' for c in classes)} but {', '.join(c + '/' for c in empty)} holds no image files"
+        )
+    classes = _check_classes({"train": classes}, images)
+    return Listing("folder", str(root.resolve()), classes, images, ignored)
+
+
+def _class_folders(root: Path, folder: Path, split: str, ignored: list[tuple[str, str]]) -> tuple[list[str], list[SourceImage]]:
+    """The class folders of `folder` and their images, listed as `split`; files beside the
+    class folders and files that are not images go to `ignored`, with the reason."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    images = []
+    for item in sorted(folder.iterdir()):
+        if item.is_file():
+            ignored.append((item.relative_to(root).as_posix(), "not inside a class folder"))
+    for label in classes:
+        for file, reason in walk_files(folder / label):
+            rel = file.relative_to(root).as_posix()
+            if reason:
+                ignored.append((rel, reason))
+            else:
+                images.append(SourceImage(rel, split, label, path=file))
+    return classes, images
 
 
 def _nested_layout_hint(root: Path) -> str:

@@ -63,6 +63,9 @@ def model_card(row: dict, study: dict, data: dict) -> str:
         "## Shortcut check",
         shortcut_card_line(shortcuts) if shortcuts else "- not run",
         "",
+        "## External validation",
+        *external_card_lines(name, study.get("external") or {}, data["name"]),
+        "",
         "## Known limits",
         f"- {data['population']}",
         "- Test figures hold for images like the test set's; its class balance and any patients it shares with train are in the report.",
@@ -70,6 +73,45 @@ def model_card(row: dict, study: dict, data: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def external_card_lines(name: str, sets: dict[str, dict], internal: str) -> list[str]:
+    """Each external set the model was scored on: its figures, the drop, the shift and the
+    images that were not external; or that it was not validated outside its own data set."""
+
+    def iv(m: dict, k: str) -> str:
+        return f"{m[k]:.3f} [{m[f'{k}_ci_low']:.3f}, {m[f'{k}_ci_high']:.3f}]"
+
+    lines = []
+    for s in sets.values():
+        m = s["models"].get(name)
+        if m is None:
+            continue
+        shift = f"; shift AUC {iv(m, 'shift_auc')}" if m.get("shift_auc") is not None else ""
+        lines.append(
+            f"- {s['source']} ({s['n_images']} images): AUC {iv(m, 'external_auc')}, accuracy {iv(m, 'external_acc')}, sensitivity "
+            f"{iv(m, 'external_sensitivity')}, specificity {iv(m, 'external_specificity')}; AUC drop from the internal test "
+            f"{iv(m, 'external_drop_auc')}, accuracy drop {iv(m, 'external_drop_acc')} (class balance {iv(m, 'external_drop_acc_class_balance')})"
+            f"{shift}; {int(m['external_n_shared_with_train'])} of its images are copies of this model's training or validation images or of their patients"
+        )
+    return lines or [
+        f"- not validated outside {internal}: its figures hold for images like {internal}'s test set, and nothing here says how it does elsewhere"
+    ]
+
+
+def with_external_line(card: str, line: str, source: str) -> str:
+    """`card` with `line` (one of `external_card_lines`) in its External validation section: it
+    replaces an earlier line of the same `source` and the "not validated" line; a card without
+    the section gains it before Known limits (or at the end)."""
+    heading = "## External validation"
+    lines = card.splitlines()
+    if heading not in lines:
+        at = lines.index("## Known limits") if "## Known limits" in lines else len(lines)
+        lines[at:at] = [heading, ""]
+    start = lines.index(heading) + 1
+    end = next((k for k in range(start, len(lines)) if lines[k].startswith("## ")), len(lines))
+    kept = [x for x in lines[start:end] if x.strip() and not x.startswith(("- not validated outside", f"- {source} ("))]
+    return "\n".join([*lines[:start], *kept, line, "", *lines[end:]]) + "\n"
 
 
 def shortcut_card_line(check: dict) -> str:

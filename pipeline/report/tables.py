@@ -90,14 +90,14 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + TABLE_NOTES + "\n"
 
 
-def pairwise_markdown(pairs: list[dict]) -> str:
-    """Every pair of configurations on the same test images: can this test set tell them apart?"""
+def pairwise_markdown(pairs: list[dict], heading: str = "## Can this test set tell them apart?", images: str = "test images") -> str:
+    """Every pair of configurations on the same images: can this set tell them apart?"""
     if not pairs:
         return ""
     lines = [
-        "## Can this test set tell them apart?",
+        heading,
         "",
-        f"Paired on the same test images, each model at its own threshold: accuracy by {pairs[0]['acc']['method']}, AUC by "
+        f"Paired on the same {images}, each model at its own threshold: accuracy by {pairs[0]['acc']['method']}, AUC by "
         f"{pairs[0]['auc']['method']}; p-values also Holm-adjusted for the number of pairs. Distinguishable: adjusted p < 0.05.",
         "",
         "| A | B | accuracy A / B | right only A / only B | p (Holm) | accuracy | AUC A / B | AUC difference [95 % CI] | p (Holm) | AUC |",
@@ -112,6 +112,40 @@ def pairwise_markdown(pairs: list[dict]) -> str:
             f"| {auc['p_value']:.3g} ({auc['p_holm']:.3g}) | {'distinguishable' if auc['distinguishable'] else 'not distinguishable'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def external_markdown(sets: dict[str, dict]) -> str:
+    """Per external set: each model's internal test and external figures with 95 % intervals,
+    the drops, calibration, the shift and the images not external at all; the paired tests on
+    the set's images; the finding."""
+    out = []
+    for s in sets.values():
+        out += [
+            f"## Does it hold at another hospital? {s['source']}",
+            "",
+            f"{s['n_images']} external images, each model at its stored operating threshold; intervals: {s['interval_method']}. "
+            "Drop: internal test minus external (two independent samples); class balance: the part of the accuracy drop the "
+            "new share of positives explains. Shift: a classifier on the model's features telling its training images from "
+            "these (0.5: alike).",
+            "",
+            "| model | internal test AUC | external AUC | AUC drop | internal accuracy | external accuracy | accuracy drop "
+            "| of it, class balance | ECE internal / external | shift AUC | shared with training |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, m in s["models"].items():
+            out.append(
+                f"| {name} | {_ci(m, 'internal_auc')} | {_ci(m, 'external_auc')} | {_ci(m, 'external_drop_auc')} | {_ci(m, 'internal_acc')} "
+                f"| {_ci(m, 'external_acc')} | {_ci(m, 'external_drop_acc')} | {_ci(m, 'external_drop_acc_class_balance')} "
+                f"| {m['internal_ece']:.3f} / {m['external_ece']:.3f} | {_ci(m, 'shift_auc')} | {int(m['external_n_shared_with_train'])} |"
+            )
+        out += ["", pairwise_markdown(s["pairwise"], f"### Can {s['source']} tell them apart?", "external images"), s["finding"], ""]
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def _ci(m: dict, key: str) -> str:
+    if m.get(key) is None:
+        return "n/a"
+    return f"{m[key]:.3f} [{m[f'{key}_ci_low']:.3f}, {m[f'{key}_ci_high']:.3f}]"
 
 
 CSV_EXTRA = [

@@ -2,8 +2,9 @@
 
 Inputs: the data, fit and tuning settings of `main`, `tune_trials`, `backbones` (default
 resnet50,efficientnet_b0), `modes` (default finetune,frozen), `weights`, `seeds` (training
-seeds per configuration, default 1) and `report_for` (the id of an earlier compare run whose
-report to rebuild from the store, training nothing).
+seeds per configuration, default 1), `external` (data sets from other hospitals: every
+configuration is scored on each, `external_study.py`) and `report_for` (the id of an earlier
+compare run whose report to rebuild from the store, training nothing).
 Children of the compare run: `prepare`, then one `<backbone>-<mode>-main` run per configuration
 and training seed (tag `seed_index`) with its own prepare, tune (first seed only), train and
 evaluate children, each reused where a finished run with identical inputs exists. A
@@ -13,8 +14,9 @@ Outputs (artifacts under `report/`): `comparison.md`, `comparison.csv`, `compari
 pair of configurations, the findings; `learning_curves.png`, `accuracy_and_time.png`,
 `roc_curves.png`, `calibration.png`, and `analysis/` (`analysis.md`, `analysis.json`,
 `label_noise_candidates.png`): leakage, distribution shift, label-noise candidates, errors, the
-validation - test gap cause by cause, and the plain-language findings. All numbers are read
-back from the tracking store.
+validation - test gap cause by cause, and the plain-language findings; with `external`, an
+internal-vs-external table per set, the paired tests on its images and which model travels
+best. All numbers are read back from the tracking store.
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ from pipeline.analysis.resampling import BOOTSTRAP_RESAMPLES, Resampling
 from pipeline.analysis.shortcuts import occlusion_intervals
 from pipeline.analysis.simulation import design_of, null_false_cause_rates
 from pipeline.cli import from_params
-from pipeline.data import Preparation, prepare_dataset
+from pipeline.data import Preparation, locate_dataset, prepare_dataset
 from pipeline.data.checks import patients_known, units_of
 from pipeline.engine.loop import Diverged
 from pipeline.engine.setup import setup_training, training_seed
 from pipeline.errors import UserError
 from pipeline.metrics import positive_index
 from pipeline.settings import DEFAULT_PATIENT_PATTERN, CompareConfig, DataConfig, FitConfig, ModelConfig, TrialsConfig, TuneConfig, as_params
-from pipeline.steps import prepare
+from pipeline.steps import external_study, prepare
 from pipeline.steps.main import run_configuration
 
 log = logging.getLogger(__name__)
@@ -67,10 +69,14 @@ def run(data: DataConfig, fit: FitConfig, trials: TrialsConfig, tune_cfg: TuneCo
             compare_id = source.info.run_id
         else:
             prep = prepare.run(data, reuse=True).preparation
+            for data_dir in cmp.external:  # an unreadable external set stops the study before it trains
+                locate_dataset(replace(data, data_dir=data_dir))
             skipped = run_configurations(data, fit, trials, tune_cfg, cmp)
             if skipped:
                 mlflow.set_tag("skipped_configurations", json.dumps(skipped))
             compare_id = parent.info.run_id
+            if cmp.external:
+                external_study.validate([r for r in tracking.comparison(compare_id) if r["seed_index"] == 0], data, cmp.external)
         folder, evaluate_ids = write_report(compare_id, prep, data, fit, cmp)
         mlflow.log_artifacts(str(folder), "report")
         # The run's description in the UI: the table and the findings, so its page reads like the report.
@@ -135,8 +141,11 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
     study = test_set_analysis(rows, prep, data, fit, cmp)
     study["skipped_configurations"] = skipped
     study["findings"] = analysis.findings(study)
+    if cmp.external:
+        study["external"] = external_study.external_study(rows, cmp.external, positive_label(prep), data.seed, study["pairwise"])
+        study["findings"] += [s["finding"] for s in study["external"].values()]
     (folder / "analysis" / "analysis.json").write_text(json.dumps(study, indent=1, default=str))
-    analysis_md = analysis.render(study)
+    analysis_md = analysis.render(study) + report.external_markdown(study.get("external", {}))
     (folder / "analysis" / "analysis.md").write_text(analysis_md)
     figures = {
         "learning_curves.png": report.figure_png(report.learning_curves_figure(rows)),
@@ -158,7 +167,7 @@ def write_report(compare_id: str, prep: Preparation, data: DataConfig, fit: FitC
         + analysis.verdicts_markdown(study)
         + "\n"
     )
-    tables = report.table_markdown(rows) + "\n" + report.pairwise_markdown(study["pairwise"])
+    tables = report.table_markdown(rows) + "\n" + report.pairwise_markdown(study["pairwise"]) + report.external_markdown(study.get("external", {}))
     (folder / "comparison.md").write_text(
         f"# {title}\n\n{answer}## The configurations\n\n{tables}\n## Findings\n\n" + "".join(f"- {f}\n" for f in study["findings"])
     )
@@ -225,7 +234,12 @@ def test_set_analysis(rows: list[dict], prep: Preparation, data: DataConfig, fit
     backbone = next((r["backbone"] for r in rows if r["mode"] == "frozen"), rows[0]["backbone"])
     setup = setup_training(data, ModelConfig(backbone, True, cmp.weights), fit, prep)
     features = setup.features(setup.new_model(), ("train", "test")).splits
-    shift["domain_auc"] = analysis.domain_auc(features["train"].numpy(), features["test"].numpy(), data.seed)
+    units = units_of(manifest, data.patient_pattern, data.near_duplicate_bits)
+    split_of = np.array([r.split for r in manifest])
+    found = analysis.domain_shift(
+        features["train"].numpy(), features["test"].numpy(), data.seed, np.r_[units[split_of == "train"], units[split_of == "test"]]
+    )
+    shift["domain_auc"], shift["domain_auc_ci_low"], shift["domain_auc_ci_high"] = found.value, found.low, found.high
     shift["domain_features"] = f"{backbone} ({setup.weights.key})"
     predictions = {report.label(r): r["test_predictions"] for r in rows}
     errors = {}

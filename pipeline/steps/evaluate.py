@@ -172,7 +172,7 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
             },
             **patient_disjoint_metrics(rows, units, labels, probs, classes, threshold),
             **occlusion_metrics(model, data.images("test"), y_test, p_test, pos, device, training_grey(data.images("train")), resampling),
-            **saliency_metrics(train_run, settings, data, p_test >= threshold, data_cfg.seed),
+            **saliency_metrics(train_run, settings, classes, data.images("test"), y_test, data.files("test"), p_test >= threshold, data_cfg.seed),
         }
         mlflow.log_metrics(metrics)
         mlflow.set_tag("shortcut_verdict", shortcut_verdict(occlusion_intervals(metrics, "test"))[0])
@@ -234,28 +234,45 @@ def occlusion_metrics(
 SALIENCY_PER_OUTCOME = 2
 
 
-def saliency_metrics(train_run, settings: dict, data, called: np.ndarray, seed: int) -> dict[str, float]:
-    """Grad-CAM of the kept classifier (rebuilt from the train run's checkpoints/best.pt: the
-    exported model has no gradients): the share of heat in the lung box over the whole test set,
-    and a grid of a seeded sample of each outcome."""
+def rebuilt_classifier(train_run, settings: dict, n_classes: int):
+    """The kept classifier as a module with gradients and features, rebuilt from the train run's
+    checkpoints/best.pt (the exported model has neither); None where the run has no checkpoint."""
     if not tracking.has_artifact(train_run.info.run_id, "checkpoints/best.pt"):
-        mlflow.set_tag("saliency", "not computed: the train run has no checkpoints/best.pt")
-        return {}
-    pos = positive_index(data.classes)
+        return None
     classifier = build_classifier(
-        settings["backbone"], resolve_weights(settings["backbone"], "none", 0), len(data.classes), boolean("frozen", settings["frozen"]), 0
+        settings["backbone"], resolve_weights(settings["backbone"], "none", 0), n_classes, boolean("frozen", settings["frozen"]), 0
     )
     classifier.load_state_dict(
         torch.load(io.BytesIO(tracking.download(train_run.info.run_id, "checkpoints/best.pt")), map_location="cpu", weights_only=True)
     )
-    images, y = np.asarray(data.images("test")), data.labels("test") == pos
-    heat = gradcam(classifier.cpu(), images, pos)
+    return classifier.cpu()
+
+
+def saliency_metrics(
+    train_run,
+    settings: dict,
+    classes: list[str],
+    images: np.ndarray,
+    y: np.ndarray,
+    files: list[str],
+    called: np.ndarray,
+    seed: int,
+    split: str = "test",
+) -> dict[str, float]:
+    """Grad-CAM of the kept classifier: the share of heat in the lung box over all of `images`,
+    and a grid of a seeded sample of each outcome (`y`: truly positive, `called`: called positive)."""
+    classifier = rebuilt_classifier(train_run, settings, len(classes))
+    if classifier is None:
+        mlflow.set_tag("saliency", "not computed: the train run has no checkpoints/best.pt")
+        return {}
+    images = np.asarray(images)
+    heat = gradcam(classifier, images, positive_index(classes))
     sample = outcome_sample(y, called, SALIENCY_PER_OUTCOME, seed)
     figure = plots.image_grid(
         [overlay(images[k], heat[k]) for _, k in sample],
-        [f"{outcome}\n{Path(data.files('test')[k]).name}" for outcome, k in sample],
+        [f"{outcome}\n{Path(files[k]).name}" for outcome, k in sample],
         columns=4,
-        title=f"Grad-CAM ({type(last_conv_layer(classifier)).__name__} last layer) on test images, red = where the model looks",
+        title=f"Grad-CAM ({type(last_conv_layer(classifier)).__name__} last layer) on {split} images, red = where the model looks",
     )
     tracking.log_figure(figure, "plots/gradcam.png")
     plots.close(figure)

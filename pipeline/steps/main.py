@@ -10,17 +10,24 @@ Outputs (run `<backbone>-<mode>-main`): the settings as parameters; tags `<step>
 every child and `reused_steps`; the headline metrics (`test_acc`, `test_auc`, `val_acc`,
 `train_time_s`) copied from the children; a printed summary with the command that opens the
 MLflow UI on this store.
+With `test_site=each` (a label table with a site column): leave-one-site-out, one child
+`<backbone>-<mode>-main-<site>` per site held out as test (tag `test_site`), and in the parent
+`site_test_auc_mean` / `_sd` / `_min` / `_max` (and the same for accuracy, sensitivity,
+specificity), tag `worst_site`, `sites/leave_one_site_out.md` and `.json`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import mlflow
 
 from pipeline import tracking
+from pipeline.analysis.sites import site_markdown, site_summary
+from pipeline.data import prepare_dataset, sites_of
+from pipeline.errors import UserError
 from pipeline.settings import DataConfig, EvaluateConfig, FitConfig, ModelConfig, TrialsConfig, TuneConfig, as_params
 from pipeline.steps import evaluate, prepare, train, tune
 
@@ -105,6 +112,8 @@ def where_time_went(metrics: dict[str, float], tags: dict[str, str], run_ids: di
 
 
 def run(data: DataConfig, model: ModelConfig, fit: FitConfig, trials: TrialsConfig, tune_cfg: TuneConfig = TuneConfig()) -> Outcome:
+    if data.test_site == "each":
+        return leave_one_site_out(data, model, fit, trials, tune_cfg)
     with tracking.step_run("main", model.backbone, model.mode) as parent:
         tracking.log_params(as_params(data, model, fit, trials, tune_cfg))
         tracking.log_settings(as_params(data, model, fit, trials, tune_cfg))
@@ -119,6 +128,35 @@ def run(data: DataConfig, model: ModelConfig, fit: FitConfig, trials: TrialsConf
     log.info(f"model {outcome.model_uri}; parent run {outcome.run_id}; reused: {', '.join(outcome.reused) or 'nothing'}")
     log.info(tracking.ui_hint(parent.info.experiment_id))
     return outcome
+
+
+def leave_one_site_out(data: DataConfig, model: ModelConfig, fit: FitConfig, trials: TrialsConfig, tune_cfg: TuneConfig) -> Outcome:
+    """Every site of the label table held out as the test set in turn, one child configuration
+    (its own prepare, tune, train, evaluate) per site, and the spread across sites."""
+    sites = sites_of(data)
+    if len(sites) < 2:
+        raise UserError(f"test_site=each needs at least two sites; {data.data_dir} names {len(sites)} ({', '.join(sites) or 'none'})")
+    with tracking.step_run("main", model.backbone, model.mode) as parent:
+        tracking.log_params(as_params(data, model, fit, trials, tune_cfg))
+        tracking.log_settings(as_params(data, model, fit, trials, tune_cfg))
+        per_site, sizes, run_ids = {}, {}, {}
+        for site in sites:
+            held_out = replace(data, test_site=site)
+            log.info(f"\n== test site {site}")
+            with tracking.step_run("main", model.backbone, model.mode, name=f"{model.backbone}-{model.mode}-main-{site}"):
+                mlflow.set_tag("test_site", site)
+                outcome = run_configuration(held_out, model, fit, trials.tune_trials, tune_cfg)
+            per_site[site], run_ids[site] = outcome.metrics, outcome.run_id
+            sizes[site] = prepare_dataset(held_out).dataset.split_sizes["test"]
+        summary = site_summary(per_site)
+        mlflow.set_tags({"test_site": "each", "site_run_ids": json.dumps(run_ids), "worst_site": summary["worst_site"]})
+        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
+        table = site_markdown(per_site, sizes, summary)
+        tracking.log_text(table, "sites/leave_one_site_out.md")
+        tracking.log_json({"per_site": per_site, "test_images": sizes, "summary": summary}, "sites/leave_one_site_out.json")
+    log.info("\n" + table)
+    log.info(tracking.ui_hint(parent.info.experiment_id))
+    return Outcome(run_id=parent.info.run_id, run_ids=run_ids, metrics={k: v for k, v in summary.items() if isinstance(v, float)})
 
 
 def main(data: DataConfig, model: ModelConfig, fit: FitConfig, trials: TrialsConfig, tune_cfg: TuneConfig) -> None:

@@ -86,6 +86,31 @@ def comparison(compare_run_id: str) -> list[dict]:
     return rows
 
 
+def external_validations(train_run_id: str, data_dirs: tuple[str, ...]) -> dict[str, dict]:
+    """The latest finished external run of the model of `train_run_id` on each of `data_dirs`
+    (as the run's data_dir gave it): its metrics, its per-image predictions (file, label,
+    probability, unit) and whether its units are patients. A data set never scored is absent."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.step = 'external' and tags.train_run_id = '{train_run_id}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    )
+    found = {}
+    for data_dir in data_dirs:
+        run = next((r for r in runs if r.data.params.get("data_dir") == data_dir), None)
+        if run is not None:
+            text = download(run.info.run_id, "predictions/external.csv").decode()
+            found[data_dir] = {
+                "run_id": run.info.run_id,
+                "source": run.data.tags.get("external_data", data_dir),
+                "metrics": run.data.metrics,
+                "patients_known": run.data.tags.get("external_patients_known") == "true",
+                "predictions": list(csv.DictReader(io.StringIO(text, newline=""))),
+            }
+    return found
+
+
 # What the report reads from each evaluate run (a run from before a metric existed lacks it: None).
 COMPARED_METRICS = (
     "train_acc",

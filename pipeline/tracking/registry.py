@@ -3,7 +3,9 @@ model card, and the aliases champion and challenger."""
 
 from __future__ import annotations
 
+import re
 import warnings
+from collections.abc import Callable
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -30,3 +32,17 @@ def register_champion(name: str, rows: list[dict], cards: dict[str, str], rankin
     for alias, label in zip(("champion", "challenger"), ranking):
         client.set_registered_model_alias(name, alias, versions[label])
     return versions
+
+
+def update_model_card(model_uri: str, change: Callable[[str], str]) -> str | None:
+    """Rewrite the card (description) of the registered version `model_uri` names
+    (models:/<name>/<version> or models:/<name>@<alias>) with `change`; the version's
+    "name version N", or None where the URI names no registered version."""
+    found = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@(.+))", model_uri)
+    if not found:
+        return None
+    name, number, alias = found.groups()
+    client = MlflowClient()
+    version = client.get_model_version(name, number) if number else client.get_model_version_by_alias(name, alias)
+    client.update_model_version(name, version.version, description=change(version.description or ""))
+    return f"{name} version {version.version}"

@@ -25,6 +25,7 @@ def test_the_fast_verdict_check_keeps_false_causes_rare_and_finds_planted_ones()
         ("e", "shortcut"),
         ("f", "shortcut"),
         ("j", "paired auc"),
+        ("l", "shift"),
     }
     assert min(r.power for r in planted) >= POWER_LIMIT
     # The class-mix scenario is the one issue 19 found leakage in: no longer.

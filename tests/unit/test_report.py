@@ -157,3 +157,20 @@ def test_the_model_card_says_whom_the_images_show():
     assert "paediatric" in report.population("chest_xray", True)
     other = report.population("hospital-x", False)
     assert "hospital-x" in other and "paediatric" not in other
+
+
+def test_the_card_names_each_external_validation_once():
+    figures = ("auc", "acc", "sensitivity", "specificity", "drop_auc", "drop_acc", "drop_acc_class_balance")
+    metrics = {f"external_{k}{s}": v for k in figures for s, v in (("", 0.8), ("_ci_low", 0.7), ("_ci_high", 0.9))}
+    metrics |= {"shift_auc": 0.97, "shift_auc_ci_low": 0.95, "shift_auc_ci_high": 0.99, "external_n_shared_with_train": 3}
+    assert report.external_card_lines("m (frozen)", {}, "kermany") == [
+        "- not validated outside kermany: its figures hold for images like kermany's test set, and nothing here says how it does elsewhere"
+    ]
+    (line,) = report.external_card_lines("m (frozen)", {"d": {"source": "/data/nih", "n_images": 383, "models": {"m (frozen)": metrics}}}, "kermany")
+    assert line.startswith("- /data/nih (383 images): AUC 0.800 [0.700, 0.900]") and "shift AUC 0.970 [0.950, 0.990]; 3 of its images" in line
+    card = "# m\n\n## External validation\n- not validated outside kermany: ...\n\n## Known limits\n- one centre\n"
+    once = report.with_external_line(card, line, "/data/nih")
+    assert "not validated" not in once and once.count("- /data/nih (") == 1 and once.index(line) < once.index("## Known limits")
+    again = report.with_external_line(once, line.replace("383 images", "384 images"), "/data/nih")
+    assert again.count("- /data/nih (") == 1 and "384 images" in again
+    assert "## External validation" in report.with_external_line("# old card\n\n## Known limits\n- x\n", line, "/data/nih")

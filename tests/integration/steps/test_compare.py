@@ -25,7 +25,9 @@ def children(parent_id, step=None):
 
 def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path):
     data = make_dataset(tmp_path / "tiny", {"train": 10, "val": 6, "test": 6}, size=32)
+    elsewhere = make_dataset(tmp_path / "elsewhere", {"train": 4, "val": 2, "test": 6}, size=32, seed=1)
     params = {
+        "external": str(elsewhere),
         "data_dir": str(data),
         "image_size": "32",
         "weights": "none",
@@ -46,7 +48,7 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
     second = [c for c in configurations if c.data.tags["seed_index"] == "1"]
     assert all("tune_run_id" not in c.data.tags and c.data.tags["lr_source"] == "tuned, first seed" for c in second)
     for config in configurations:
-        assert {r.data.tags["step"] for r in children(config.info.run_id)} <= {"prepare", "tune", "train", "evaluate"}
+        assert {r.data.tags["step"] for r in children(config.info.run_id)} <= {"prepare", "tune", "train", "evaluate", "external"}
         assert {"train_run_id", "evaluate_run_id"} <= set(config.data.tags)
         assert ("tune_run_id" in config.data.tags) == (config.data.tags["seed_index"] == "0")
     files = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="report", dst_path=str(tmp_path / "a"))
@@ -112,6 +114,21 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
     assert "(gap_waterfall.png)" in markdown and "| resnet18 (frozen) | leakage |" in markdown and "simulated studies of this design" in markdown
     findings = "\n".join(study["findings"])
     assert "distinguishable" in findings and "p = " in findings and "validation - test gap" in findings
+    # Every configuration (first seed) scored on the external set, a child of its own main run;
+    # the report's table, the paired tests on those images and which model travels best.
+    scored = runs_of("external")
+    first_seeds = {c.info.run_id for c in configurations if c.data.tags["seed_index"] == "0"}
+    assert sorted(r.info.run_name for r in scored) == ["resnet18-finetune-external", "resnet18-frozen-external"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in scored} == first_seeds
+    outside = study["external"][str(elsewhere)]
+    assert set(outside["models"]) == {"resnet18 (frozen)", "resnet18 (finetune)"} and outside["n_images"] == 24
+    for r in scored:
+        assert outside["models"][f"resnet18 ({r.data.tags['mode']})"]["external_auc"] == r.data.metrics["external_auc"]
+    (pair,) = outside["pairwise"]
+    assert {pair["a"], pair["b"]} == {"resnet18 (frozen)", "resnet18 (finetune)"} and 0 <= pair["auc"]["p_value"] <= 1
+    assert f"On {outside['source']}, resnet18 (" in findings and "travels best" in findings and "The internal test set ranked" in findings
+    assert f"## Does it hold at another hospital? {outside['source']}" in markdown and "| resnet18 (frozen) | " in markdown
+    assert f"### Can {outside['source']} tell them apart?" in markdown
     # The registry: one model for the data set, a version per configuration (first seeds) with its
     # card, champion and challenger chosen on validation; the run's description is the report.
     client = mlflow.MlflowClient()
@@ -137,6 +154,8 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
             "paediatric",
             "visible part's mean",
             "- verdict: ",
+            "## External validation",
+            f"- {outside['source']} (24 images): AUC ",
         ):
             assert words in card, words
     assert "## Findings" in run.data.tags["mlflow.note.content"] and "| mode | backbone |" in run.data.tags["mlflow.note.content"]
@@ -147,6 +166,9 @@ def test_compare_runs_every_configuration_and_writes_the_report(store, tmp_path)
     rebuilt = compare.run(DataConfig(), FitConfig(), TrialsConfig(), TuneConfig(), CompareConfig(report_for=run.info.run_id))
     again = mlflow.artifacts.download_artifacts(run_id=rebuilt, artifact_path="report/comparison.csv", dst_path=str(tmp_path / "b"))
     assert open(again).read() == open(f"{files}/comparison.csv").read()
+    rebuilt_md = mlflow.artifacts.download_artifacts(run_id=rebuilt, artifact_path="report/comparison.md", dst_path=str(tmp_path / "b"))
+    section = markdown[markdown.index("## Does it hold at another hospital?") :]
+    assert section in open(rebuilt_md).read() and len(runs_of("external")) == 2
     assert not children(rebuilt, "main")
 
 

@@ -1,9 +1,10 @@
 """main through the real `mlflow run` command: the run tree, the metric contract, reuse."""
 
+import json
 import re
 
 import pytest
-from conftest import make_csv_dicom_dataset, make_dataset, mlflow_run, runs_of
+from conftest import make_csv_dicom_dataset, make_dataset, make_site_table, mlflow_run, runs_of
 from mlflow.tracking import MlflowClient
 
 from pipeline.settings import DataConfig, FitConfig, ModelConfig, TrialsConfig
@@ -126,3 +127,40 @@ def test_main_runs_end_to_end_on_a_label_table_of_dicom_files_with_patient_safe_
     assert "dicom/missing.dcm" in report and "not found" in report  # listed, not fatal
     assert "unknown label 'maybe'" in report
     assert "test_acc" in kids["evaluate"].data.metrics
+
+
+def test_leave_one_site_out_holds_each_site_out_once_and_summarises(store, tmp_path):
+    table = make_site_table(tmp_path / "sites", sites=("north", "south"), patients=8)
+    result = mlflow_run(
+        "main",
+        {
+            "data_dir": str(table),
+            "csv_columns": "site=hospital",
+            "test_site": "each",
+            "image_size": "32",
+            "weights": "none",
+            "backbone": "resnet18",
+            "epochs": "1",
+            "tune_trials": "0",
+            "batch_size": "8",
+        },
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (parent,) = [r for r in runs_of("main") if r.data.tags.get("test_site") == "each"]
+    folds = {r.data.tags["test_site"]: r for r in children(parent.info.run_id)}
+    assert set(folds) == {"north", "south"} and {r.info.run_name for r in folds.values()} == {
+        "resnet18-frozen-main-north",
+        "resnet18-frozen-main-south",
+    }
+    aucs = [f.data.metrics["test_auc"] for f in folds.values()]
+    m = parent.data.metrics
+    assert m["site_test_auc_mean"] == pytest.approx(sum(aucs) / 2) and m["site_test_auc_min"] == min(aucs) and m["site_test_auc_max"] == max(aucs)
+    assert parent.data.tags["worst_site"] == min(folds, key=lambda s: folds[s].data.metrics["test_auc"])
+    for site, fold in folds.items():  # each fold tested on its site alone, trained on the other
+        prepared = next(r for r in children(fold.info.run_id) if r.data.tags["step"] == "prepare")
+        report = MlflowClient().download_artifacts(prepared.info.run_id, "data/data_report.json", str(tmp_path / site))
+        sites = json.load(open(report))["sites"]
+        assert sites[site]["test"] == 16 and sites[site]["train"] == sites[site]["val"] == 0
+        assert all(n["test"] == 0 for other, n in sites.items() if other != site)
+    summary = MlflowClient().download_artifacts(parent.info.run_id, "sites/leave_one_site_out.md", str(tmp_path / "summary"))
+    assert "| north | 16 |" in open(summary).read() and "Across 2 sites: AUC" in result.stdout + result.stderr

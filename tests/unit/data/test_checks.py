@@ -75,7 +75,7 @@ def test_manifest_round_trip(tmp_path):
     rows = [row("train/NORMAL/a.png", "train"), row("test/PNEUMONIA/b.png", "test", "PNEUMONIA")]
     write_manifest(rows, tmp_path / "m.csv")
     assert read_manifest(tmp_path / "m.csv") == rows
-    assert (tmp_path / "m.csv").read_text().splitlines()[0] == "path,split,label,width,height,mode,content_hash,patient,phash"
+    assert (tmp_path / "m.csv").read_text().splitlines()[0] == "path,split,label,width,height,mode,content_hash,patient,phash,site"
 
 
 def test_report_counts_balance_and_lists():

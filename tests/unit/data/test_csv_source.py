@@ -1,18 +1,20 @@
 """Label tables (CSV) as sources: column names, label rules, file lookup, what is listed."""
 
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data import prepare_dataset
+from pipeline.data import prepare_dataset, sites_of
+from pipeline.data.checks import render_report
 from pipeline.data.csv_source import CsvSettings, list_csv
 from pipeline.errors import UserError
 from pipeline.parsers import column_map, csv_columns
 from pipeline.settings import DataConfig
-from tests.conftest import make_csv_dicom_dataset, write_dicom
+from tests.conftest import make_csv_dicom_dataset, make_site_table, write_dicom
 
 
 def png(path: Path, value: int = 100) -> None:
@@ -90,7 +92,13 @@ def test_a_named_column_that_is_missing_is_an_error_naming_the_columns(tmp_path)
 def test_csv_columns_rejects_unknown_roles():
     with pytest.raises(UserError, match="role=column pairs"):
         csv_columns("csv_columns", "image=x")
-    assert column_map(csv_columns("csv_columns", "label=Target")) == {"file": "file", "label": "Target", "patient": "patient", "split": "split"}
+    assert column_map(csv_columns("csv_columns", "label=Target")) == {
+        "file": "file",
+        "label": "Target",
+        "patient": "patient",
+        "split": "split",
+        "site": "site",
+    }
 
 
 def test_prepare_cuts_test_and_validation_by_the_tables_patient_ids(tmp_path):
@@ -111,3 +119,53 @@ def test_prepare_cuts_test_and_validation_by_the_tables_patient_ids(tmp_path):
     mono2 = [k for k, r in enumerate(r for r in rows if r.split == "train") if "MONOCHROME2" in r.mode]
     train = prep.dataset.images("train")
     assert abs(float(train[mono1].mean()) - float(train[mono2].mean())) < 10
+
+
+def test_one_site_held_out_as_the_test_set_and_the_data_report_counts_each_site(tmp_path):
+    table = make_site_table(tmp_path / "sites")
+    data = DataConfig(
+        data_dir=str(table),
+        image_size=32,
+        cache_dir=str(tmp_path / "cache"),
+        csv_columns=csv_columns("csv_columns", "site=hospital"),
+        test_site="south",
+    )
+    prep = prepare_dataset(data)
+    rows = prep.dataset.manifest()
+    assert {r.site for r in rows if r.split == "test"} == {"south"} and sum(r.split == "test" for r in rows) == 24
+    assert {r.site for r in rows if r.split != "test"} == {"north", "east"} and prep.dataset.split_sizes["val"] > 0
+    assert prep.report["sites"] == {
+        "east": {
+            "train": sum(r.site == "east" and r.split == "train" for r in rows),
+            "val": sum(r.site == "east" and r.split == "val" for r in rows),
+            "test": 0,
+        },
+        "north": {
+            "train": sum(r.site == "north" and r.split == "train" for r in rows),
+            "val": sum(r.site == "north" and r.split == "val" for r in rows),
+            "test": 0,
+        },
+        "south": {"train": 0, "val": 0, "test": 24},
+    }
+    assert "## Images per site and split" in render_report(prep.report) and "| south | 0 | 0 | 24 |" in render_report(prep.report)
+    assert sites_of(data) == ["east", "north", "south"]
+    # Another site held out is another split, so another cache entry and digest.
+    assert prepare_dataset(replace(data, test_site="north")).dataset.digest != prep.dataset.digest
+
+
+def test_test_site_errors_say_what_to_do(tmp_path):
+    table = make_site_table(tmp_path / "sites", sites=("north", "south"), patients=4)
+    data = DataConfig(data_dir=str(table), image_size=32, cache_dir=str(tmp_path / "cache"), csv_columns=csv_columns("csv_columns", "site=hospital"))
+    with pytest.raises(UserError, match="no usable image of site 'west' to test on; its sites: north, south"):
+        prepare_dataset(replace(data, test_site="west"))
+    with pytest.raises(UserError, match="test_site needs a site column; labels.csv has no 'site' column: name it with csv_columns site=<column>"):
+        prepare_dataset(replace(data, csv_columns=csv_columns("csv_columns", ""), test_site="north"))
+    with pytest.raises(UserError, match="test_site=each is leave-one-site-out, which the main step runs"):
+        prepare_dataset(replace(data, test_site="each"))
+    with pytest.raises(UserError, match="test_site needs a label table with a site column; .* is not a .csv table"):
+        prepare_dataset(replace(data, data_dir=str(tmp_path / "sites" / "north"), test_site="north"))
+    split_table = tmp_path / "sites" / "with_split.csv"
+    lines = table.read_text().splitlines()
+    split_table.write_text("\n".join([lines[0] + ",split"] + [line + ",train" for line in lines[1:]]) + "\n")
+    with pytest.raises(UserError, match="test_site and a split column .* both choose the test set"):
+        prepare_dataset(replace(data, data_dir=str(split_table), test_site="north"))

@@ -6,8 +6,10 @@ import pytest
 from conftest import make_dataset
 from PIL import Image
 
+from pipeline.data import prepare_dataset
 from pipeline.data.sources import UnreadableImage, list_folder, list_npz, list_source, read_image
 from pipeline.errors import UserError
+from pipeline.settings import DataConfig
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
@@ -99,6 +101,24 @@ def test_nested_download_folder_gets_a_hint(tmp_path):
     make_dataset(tmp_path / "outer" / "chest_xray")
     with pytest.raises(UserError, match="did you mean data_dir=.*chest_xray"):
         list_source(str(tmp_path / "outer"))
+
+
+def test_class_folders_without_splits_are_one_pool_that_prepare_splits_by_patient(tmp_path):
+    # Another hospital's export: NORMAL/ and PNEUMONIA/ only.
+    data = make_dataset(tmp_path / "d", {"train": 10, "val": 4, "test": 6})
+    export = tmp_path / "export"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (export / label).mkdir(parents=True)
+        for file in sorted(data.glob(f"*/{label}/*.png")):
+            shutil.copy(file, export / label / file.name)
+    listing = list_source(str(export))
+    assert listing.classes == ["NORMAL", "PNEUMONIA"] and len(listing.images) == 40 and {i.split for i in listing.images} == {"train"}
+    prep = prepare_dataset(DataConfig(data_dir=str(export), image_size=32, cache_dir=str(tmp_path / "cache")))
+    assert sum(prep.dataset.split_sizes.values()) == 40 and prep.dataset.split_sizes["test"] > 0 and prep.dataset.split_sizes["val"] > 0
+    for file in (export / "PNEUMONIA").iterdir():
+        file.unlink()
+    with pytest.raises(UserError, match="holds class folders NORMAL/, PNEUMONIA/ but PNEUMONIA/ holds no image files"):
+        list_source(str(export))
 
 
 def test_one_class_split_missing_class_and_empty_class(tmp_path):
