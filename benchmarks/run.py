@@ -284,7 +284,7 @@ def tracking_overhead(bench: Bench, backbone: str, frozen: bool, epochs: int, im
     setup = setup_training(data, model_cfg, fit)
     if images:  # fine-tune on a subset: the overhead is per epoch, not per image
         subset = _Subset(setup.prep.dataset, images)
-        setup = replace(setup, prep=replace(setup.prep, data=subset))
+        setup = replace(setup, prep=replace(setup.prep, dataset=subset))
     features = setup.features(setup.new_model())
 
     checkpoint_bytes = []  # the size of what each recorded epoch writes besides its metrics

@@ -221,7 +221,7 @@ class ImageClassifier:
         pixels, errors = [], []
         for item in images:
             try:
-                pixels.append(resize_square(read_image(_image_bytes(item), self.limits.max_image_pixels)[0], self.image_size))
+                pixels.append(resize_square(read_image(_image_bytes(item), self.limits.max_image_pixels, self.image_size).pixels, self.image_size))
                 errors.append(None)
             except UnreadableImage as e:
                 pixels.append(None)

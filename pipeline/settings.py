@@ -116,6 +116,11 @@ class FitConfig:
     augment: bool = option(True, boolean, "fine-tune: light augmentation of training images")
     device: str = option("auto", choice("auto", "cpu", "cuda", "mps"), "auto = cuda, then mps, then cpu")
     num_threads: int = option(0, integer(0, 1024), "CPU threads for torch (0 = torch's default)")
+    precision: str = option(
+        "auto",
+        choice("auto", "fp32", "bf16"),
+        "arithmetic of training, extraction and evaluation: bf16 autocast, or fp32; auto = bf16 (or float16) autocast on CUDA, fp32 on the CPU (bf16 there: benchmarks/RESULTS.md)",
+    )
     train_seed: int | None = option(
         None, seed_or_auto, "seed of the model's initialisation and training order (auto = seed); compare's seeds vary it"
     )

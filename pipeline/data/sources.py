@@ -14,6 +14,7 @@ import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -84,6 +85,15 @@ def read_file(path: Path) -> bytes:
 _HIGH_BIT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
+class Grey(NamedTuple):
+    """An image decoded to one grey channel: its pixels (at reduced scale where it was read
+    for a smaller size), the file's colour mode, and its (width, height) as stored."""
+
+    pixels: np.ndarray
+    mode: str
+    stored_size: tuple[int, int]
+
+
 def to_grey(img: Image.Image) -> tuple[np.ndarray, str]:
     """One grey channel, uint8 0..255, whatever the mode; EXIF orientation applied first.
 
@@ -93,7 +103,7 @@ def to_grey(img: Image.Image) -> tuple[np.ndarray, str]:
     colour of empty space on a radiograph.
     """
     mode = img.mode
-    img = ImageOps.exif_transpose(img)
+    img = ImageOps.exif_transpose(img, in_place=True) or img  # in place: no copy of the pixels
     if mode in _HIGH_BIT_MODES:
         values = np.asarray(img, dtype=np.float64)
         if not np.isfinite(values).all():
@@ -106,25 +116,36 @@ def to_grey(img: Image.Image) -> tuple[np.ndarray, str]:
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
     elif mode == "CMYK":
         img = img.convert("RGB")
-    return np.asarray(img.convert("L"), dtype=np.uint8), mode
+    return np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8), mode
 
 
-def read_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str]:
+def read_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, at_least: int = 0) -> Grey:
     """Decode an encoded image (or a DICOM file) to grey; `UnreadableImage` says why when it
     cannot. Whatever the file holds, nothing else is raised: a reader fed hostile bytes reports
-    them, it does not fail the run (or the request) around them."""
+    them, it does not fail the run (or the request) around them.
+
+    `at_least`: the pixels are to be shrunk to this size, so a JPEG is decoded at the smallest
+    of 1/2, 1/4, 1/8 scale that keeps both sides at least this long, and its luma alone (libjpeg's
+    DCT scaling, Pillow's `draft`): a 2,000 px radiograph read for 224 px decodes a sixteenth of
+    its pixels. The grey levels differ from a full decode and resize by about one level
+    (benchmarks/RESULTS.md); training, evaluation and serving all read this way."""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
     try:
         if is_dicom(data):
-            return read_dicom(data, max_pixels)
+            pixels, mode = read_dicom(data, max_pixels)
+            return Grey(pixels, mode, (pixels.shape[1], pixels.shape[0]))
         with warnings.catch_warnings():  # PIL's bomb warning: the size is checked here, against our own limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
         with img:
-            check_pixels(*img.size, max_pixels)
+            stored_size, mode = img.size, img.mode
+            check_pixels(*stored_size, max_pixels)
+            if at_least and img.format == "JPEG":
+                img.draft("L", (at_least, at_least))
             img.load()
-            return to_grey(img)
+            pixels, _ = to_grey(img)
+            return Grey(pixels, mode, stored_size)
     except UnreadableImage:
         raise
     except UnidentifiedImageError:
@@ -135,17 +156,18 @@ def read_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple
         raise UnreadableImage(f"cannot decode: {type(e).__name__}: {str(e)[:300]}") from None
 
 
-def array_to_grey(array: np.ndarray) -> tuple[np.ndarray, str]:
+def array_to_grey(array: np.ndarray) -> Grey:
     """An npz row (H, W), (H, W, 1) or (H, W, 3) as grey uint8."""
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
+    size = (array.shape[1], array.shape[0]) if array.ndim >= 2 else (0, 0)
     if array.ndim == 3 and array.shape[-1] == 3:
-        return to_grey(Image.fromarray(array.astype(np.uint8)))
+        return Grey(*to_grey(Image.fromarray(array.astype(np.uint8))), size)
     if array.ndim != 2:
         raise UnreadableImage(f"array of shape {array.shape} is not an image")
     if array.dtype == np.uint8:
-        return array, "L"
-    return to_grey(Image.fromarray(array.astype(np.float32)))
+        return Grey(array, "L", size)
+    return Grey(*to_grey(Image.fromarray(array.astype(np.float32))), size)
 
 
 def pixel_hash(grey: np.ndarray) -> str:
@@ -161,16 +183,16 @@ def fingerprint(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def decode(image: SourceImage, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[tuple[np.ndarray, str] | None, str | None, str]:
-    """Grey pixels and mode (or None and the reason it is unreadable), and the stored bytes'
-    fingerprint: one read of the file serves both (a file that cannot be read is fingerprinted
+def decode(image: SourceImage, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, at_least: int = 0) -> tuple[Grey | None, str | None, str]:
+    """The image in grey, read for `at_least` px (or None and the reason it is unreadable), and
+    the stored bytes' fingerprint: one read of the file serves both (a file that cannot be read is fingerprinted
     by the reason, so a change of it still changes the digest)."""
     try:
         data = image.stored_bytes()
     except UnreadableImage as e:
         return None, str(e), fingerprint(f"unreadable: {e}".encode())
     try:
-        grey = array_to_grey(image.array) if image.array is not None else read_image(data, max_pixels)
+        grey = array_to_grey(image.array) if image.array is not None else read_image(data, max_pixels, at_least)
     except UnreadableImage as e:
         return None, str(e), fingerprint(data)
     return grey, None, fingerprint(data)

@@ -32,7 +32,7 @@ class Device:
         return torch.autocast(self.type, dtype=self.amp_dtype)
 
 
-def pick_device(setting: str, num_threads: int = 0) -> Device:
+def pick_device(setting: str, num_threads: int = 0, precision: str = "auto") -> Device:
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     if setting == "auto":
@@ -40,13 +40,32 @@ def pick_device(setting: str, num_threads: int = 0) -> Device:
     if setting == "cuda":
         if not torch.cuda.is_available():
             raise UserError("device=cuda but no CUDA device is available; pass device=auto or device=cpu")
+        if precision == "fp32":
+            return Device(torch.device("cuda"), None, channels_last=True)
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UserError("precision=bf16 but this GPU has no bfloat16; pass precision=auto (float16 with loss scaling) or precision=fp32")
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return Device(torch.device("cuda"), dtype, channels_last=True)
     if setting == "mps":
         if not torch.backends.mps.is_available():
             raise UserError("device=mps but MPS is not available; pass device=auto or device=cpu")
+        if precision == "bf16":
+            raise UserError("precision=bf16 is for CUDA and for CPUs with bfloat16 instructions; on mps pass precision=auto or fp32")
         return Device(torch.device("mps"))
+    if precision == "auto" and cpu_has_bf16():  # twice the images per second, accuracy within its interval (benchmarks/RESULTS.md)
+        return Device(torch.device("cpu"), torch.bfloat16)
+    if precision == "bf16":
+        if not cpu_has_bf16():
+            raise UserError(
+                "precision=bf16 but this CPU has no bfloat16 instructions (avx512_bf16 or AMX), where it runs slower than fp32; pass precision=fp32"
+            )
+        return Device(torch.device("cpu"), torch.bfloat16)
     return Device(torch.device("cpu"))
+
+
+def cpu_has_bf16() -> bool:
+    """bfloat16 arithmetic in hardware: AVX-512 BF16 or AMX (oneDNN's own test)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def source_of(images: np.ndarray, device: Device, budget: int | None = None) -> InMemory | Streamed:

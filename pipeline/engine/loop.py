@@ -9,9 +9,11 @@ every layer on (lightly augmented) images.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,6 +27,7 @@ from pipeline.data import PreparedData
 from pipeline.distributed import World
 from pipeline.engine.augmentation import augment
 from pipeline.engine.device import Device, batches, process_budget, source_of, to_model_input
+from pipeline.engine.snapshots import PendingReads, done, live_state
 from pipeline.errors import UserError
 from pipeline.loading import InMemory, Streamed
 from pipeline.models import Classifier, parameter_groups
@@ -114,7 +117,9 @@ def run_epoch(
             if augment_images:
                 x = augment(x, world.shard(draws[k]))
             y, w = labels[idx].to(device.torch_device), item_weight[idx].to(device.torch_device)
-            with device.autocast():
+            # Reduced precision where it pays, the backbone's convolutions; a frozen run's head
+            # is one matrix product on standardised features, kept in float32.
+            with device.autocast() if images else contextlib.nullcontext():
                 logits = module(x)
             weighted = F.cross_entropy(logits.float(), y, reduction="none") * w
             if training:
@@ -131,7 +136,10 @@ def run_epoch(
     return loss_sum / weight_sum, correct / seen
 
 
-EpochCallback = Callable[[EpochStats, FitState, Callable[[], dict]], None]
+# The callback may hand back a future that reads the checkpoint's live tensors (the recorder's
+# write); training waits for it before its next optimizer step. After the last epoch it is
+# given no checkpoint (None).
+EpochCallback = Callable[[EpochStats, FitState, Callable[[], dict] | None], Future | None]
 
 
 class Diverged(UserError):
@@ -170,8 +178,11 @@ def train_classifier(
     small validation set), stopping after `fit.patience` epochs without improvement.
 
     Frozen mode needs `features` (from `FeatureCache`); fine-tune mode reads the images.
-    `on_epoch(stats, state, make_checkpoint)` is called after every epoch; a checkpoint given
-    back here continues training from its epoch. `should_stop(stats)` lets a caller (the tuner's
+    `on_epoch(stats, state, make_checkpoint)` is called after every epoch (`make_checkpoint`
+    None after the last, which nothing would resume from); the checkpoint
+    holds the live weights (see `snapshots.py`), so a callback that reads it later hands back
+    a future, which training waits for before it next changes them. A checkpoint given back
+    here continues training from its epoch. `should_stop(stats)` lets a caller (the tuner's
     pruner) end training early. At the end the model holds the kept epoch's weights.
 
     Across a `world` (torchrun), every rank calls this with the same arguments; the trainable
@@ -218,13 +229,17 @@ def train_classifier(
     state = FitState()
     # float16 needs loss scaling (bfloat16 and float32 do not); its scale lives across epochs.
     scaler = torch.amp.GradScaler(device.type, enabled=device.amp_dtype == torch.float16)
-    best_weights = {k: v.detach().clone() for k, v in trainable.state_dict().items()}
+    reads = PendingReads()
+    # Scaler, DDP and compile all step through the optimizer: nothing changes the weights sooner.
+    optimizer.register_step_pre_hook(lambda *_: reads.settle())
+    best_weights: Future | None = None  # the first epoch is always the best so far
     if checkpoint is not None:
         trainable.load_state_dict(checkpoint["trainable"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = FitState.from_dict(checkpoint["state"])
-        best_weights = checkpoint["best_trainable"] or {k: v.detach().clone() for k, v in trainable.state_dict().items()}
+        # The kept weights, or (None) the checkpoint's own, which training goes on from.
+        best_weights = done(checkpoint["best_trainable"]) if checkpoint["best_trainable"] else reads.copy(live_state(trainable))
         generator.set_state(checkpoint["generator"])
         torch.set_rng_state(checkpoint["torch_rng"])
         if checkpoint.get("scaler"):
@@ -235,13 +250,13 @@ def train_classifier(
 
     def make_checkpoint() -> dict:
         return {
-            "trainable": trainable.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "trainable": live_state(trainable),
+            "optimizer": optimizer.state_dict(),  # its tensors change only at the next step
             "scheduler": scheduler.state_dict(),
             "state": state.to_dict(),
             # The kept weights, unless they are this very epoch's (then `trainable` holds them):
             # a fine-tuned ResNet50 checkpoint is 100 MB lighter in every improving epoch.
-            "best_trainable": None if state.best_epoch == state.epoch else best_weights,
+            "best_trainable": None if state.best_epoch == state.epoch else best_weights.result(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
@@ -289,17 +304,22 @@ def train_classifier(
         state.history.append(stats)
         if val_loss < state.best_val_loss:
             state.best_epoch, state.best_val_loss, state.epochs_without_improvement = epoch, val_loss, 0
-            best_weights = {k: v.detach().clone() for k, v in trainable.state_dict().items()}
+            best_weights = reads.copy(live_state(trainable))
         else:
             state.epochs_without_improvement += 1
         if fit.patience and state.epochs_without_improvement >= fit.patience and epoch < fit.epochs:
             state.stopped_early = True
         state.train_time_s = resumed_time + time.perf_counter() - start
         if on_epoch is not None:
-            on_epoch(stats, state, make_checkpoint)
+            # After the last epoch there is nothing to resume: the model is saved next, and a run
+            # killed before that repeats one epoch. No checkpoint (None) spares its write.
+            last = state.epoch >= fit.epochs or state.stopped_early
+            reads.add(on_epoch(stats, state, None if last else make_checkpoint))
         if should_stop is not None and should_stop(stats):
             break
-    trainable.load_state_dict(best_weights)
+    reads.close()
+    if best_weights is not None:
+        trainable.load_state_dict(best_weights.result())
     if model.frozen:
         fold_scale_into(model.head, mean.to(device.torch_device), std.to(device.torch_device))
     model.eval()
@@ -321,12 +341,13 @@ def fold_scale_into(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> N
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: np.ndarray, batch_size: int, device: Device) -> np.ndarray:
     """Class logits (N, C) of uint8 images (N, H, W), no augmentation. The model must be in
-    eval mode already (an exported program cannot be switched)."""
+    eval mode already (an exported program cannot be switched). In float32 whatever precision
+    it was trained in: the model is scored as it is served, so a threshold chosen on these
+    probabilities means the same in the served model."""
     parts = batches(len(images), batch_size)
     out = []
     for x in tqdm(source_of(images, device).batches(parts), total=len(parts), desc="predict", unit="batch", disable=bars_disabled(), leave=False):
-        with device.autocast():
-            out.append(model(to_model_input(x, device)).float().cpu())
+        out.append(model(to_model_input(x, device)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 

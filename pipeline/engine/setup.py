@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -45,6 +47,16 @@ class TrainingSetup:
         cache's format and the precision they were computed in (bfloat16 on CUDA, float32 here)."""
         d = self.prep.dataset
         return f"{self.model_config.backbone}-{self.weights.key}-{d.digest}-{d.image_size}px-v{FORMAT_VERSION}-{self.precision}"
+
+    @property
+    def compile_cache(self) -> Path:
+        """Where torch.compile keeps what it compiled for this configuration, so that the next
+        run of it loads the kernels instead of compiling again (43 s for EfficientNet-B0 on 2
+        cores, seconds from the cache): keyed like a reuse key by all that decides the graph."""
+        m, d = self.model_config, self.prep.dataset
+        mode = "frozen" if m.frozen else "finetune"
+        key = f"{m.backbone}-{self.weights.key}-{mode}-{d.image_size}px-{self.device.type}-{self.precision}-torch{torch.__version__}"
+        return cache_root(self.data_config.cache_dir) / "compiled" / key
 
     def identity(self) -> dict[str, str]:
         """What a run's reuse key needs beyond its parameters: the weights by content (a path
@@ -96,9 +108,13 @@ def training_seed(data: DataConfig, fit: FitConfig) -> int:
 def setup_training(data: DataConfig, model: ModelConfig, fit: FitConfig, prep: Preparation | None = None, world: World = World()) -> TrainingSetup:
     """Across a world, rank 0 prepares the data and fetches the weights first; the others then
     find them in the caches."""
-    device = pick_device(fit.device, fit.num_threads)
+    device = pick_device(fit.device, fit.num_threads, fit.precision)
     if device.type == "cuda" and world.distributed:
         device = Device(torch.device("cuda", world.local_rank), device.amp_dtype, device.channels_last)
     prep = prep or world.main_first(lambda: prepare_dataset(data))
     weights = world.main_first(lambda: resolve_weights(model.backbone, model.weights, training_seed(data, fit)))
-    return TrainingSetup(data, model, fit, prep, weights, device, world)
+    setup = TrainingSetup(data, model, fit, prep, weights, device, world)
+    if fit.compile:  # read by inductor at each compile: this process's next compile uses it
+        setup.compile_cache.mkdir(parents=True, exist_ok=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(setup.compile_cache)
+    return setup

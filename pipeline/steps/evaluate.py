@@ -122,7 +122,7 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
         )
     backbone, mode = train_run.data.tags.get("backbone"), train_run.data.tags.get("mode")
     params = {"model_uri": model_uri, "train_run_id": train_run.info.run_id}
-    device = pick_device(settings.get("device", "auto"))
+    device = pick_device(settings.get("device", "auto"), precision=settings.get("precision", "auto"))
     key = tracking.input_key("evaluate", {**params, "device": device.type}, prep.dataset.digest)
     if reuse and (previous := tracking.find_reusable("evaluate", key)):
         return Evaluated(previous.info.run_id, previous.data.metrics, reused=True)

@@ -119,7 +119,7 @@ def run(evaluate_cfg: EvaluateConfig, data: DataConfig, config: ExternalConfig, 
     external_prep, outside = external_set(data, config, classes, internal_cfg.image_size)
     backbone, mode = train_run.data.tags.get("backbone"), train_run.data.tags.get("mode")
     params = {"model_uri": model_uri, "train_run_id": train_run.info.run_id, "external_split": config.external_split}
-    device = pick_device(settings.get("device", "auto"))
+    device = pick_device(settings.get("device", "auto"), precision=settings.get("precision", "auto"))
     key = tracking.input_key("external", {**params, "device": device.type, "internal": internal_prep.dataset.digest}, external_prep.dataset.digest)
     if reuse and (previous := tracking.find_reusable("external", key)):
         return Externally(previous.info.run_id, previous.data.metrics, reused=True)

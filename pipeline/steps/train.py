@@ -27,6 +27,7 @@ import logging
 import os
 import tempfile
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,9 +244,10 @@ def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> 
     with tempfile.TemporaryDirectory() as folder, tracking.EpochRecorder(Path(folder)) as recorder:
         checkpoint_dir = Path(folder)
 
-        def on_epoch(stats: EpochStats, state: FitState, make_checkpoint) -> None:
-            recorder(stats, state, make_checkpoint)
+        def on_epoch(stats: EpochStats, state: FitState, make_checkpoint) -> Future | None:
+            serialised = recorder(stats, state, make_checkpoint)  # training waits for it before its next step
             log.info(epoch_line(stats, fit.epochs))
+            return serialised
 
         measured_in = {"run_id": mlflow.active_run().info.run_id, "device": setup.device.type}
         model, state, features, features_s = _fit(setup, lr, checkpoint, on_epoch, measured_in)
@@ -264,8 +266,10 @@ def _train_and_log(setup: TrainingSetup, lr: float, checkpoint: dict | None) -> 
 
 def val_logits(setup: TrainingSetup, model, features) -> np.ndarray:
     """The kept model's logits on validation, once: through the head alone on the cached
-    features in frozen mode (the backbone has already seen these images), else the model."""
-    if features is None:
+    features in frozen mode (the backbone has already seen these images), else the model. Features
+    extracted in reduced precision differ from what the served model (float32) computes, so then
+    the model sees the images again: the threshold is chosen on what will be served."""
+    if features is None or setup.device.amp_dtype is not None:
         return predict_logits(model, setup.prep.dataset.images("val"), setup.fit_config.batch_size, setup.device)
     with torch.inference_mode():
         logits = model.head(features.splits["val"].to(setup.device.torch_device))

@@ -9,6 +9,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
+from pipeline.tracking import recorder as recorder_module
 from pipeline.tracking import reuse
 
 
@@ -54,13 +55,19 @@ def test_params_typed_under_mlflow_run_stay_and_resolved_values_go_beside(store)
     assert "cache_dir_resolved" not in params  # '' is how `mlflow run` writes an empty string
 
 
-def test_epoch_recorder_logs_in_order_and_checkpoints_a_snapshot(store, tmp_path):
+@pytest.mark.parametrize("live", [True, False], ids=["large: written from the live tensors", "small: copied"])
+def test_epoch_recorder_logs_in_order_and_checkpoints_a_snapshot(store, tmp_path, monkeypatch, live):
+    if live:  # every checkpoint counts as large: no copy, training waits for the write
+        monkeypatch.setattr(recorder_module, "SMALL_CHECKPOINT", -1)
     weights = torch.zeros(3)
     with tracking.step_run("train", "resnet18", "finetune") as run:
         recorder = tracking.EpochRecorder(tmp_path)
         for epoch in (1, 2, 3):
             weights.fill_(epoch)
-            recorder(Stats(epoch, val_loss=1.0 / epoch), None, lambda epoch=epoch: {"w": weights, "epoch": epoch})
+            serialised = recorder(Stats(epoch, val_loss=1.0 / epoch), None, lambda epoch=epoch: {"w": weights, "epoch": epoch})
+            assert (serialised is not None) == live
+            if live:
+                serialised.result()  # what training waits for before its next step
             weights.fill_(-1)  # training goes on changing the weights after the epoch ended
         recorder.close()
     client = MlflowClient()

@@ -45,8 +45,11 @@ def test_predict_on_a_folder_reports_broken_files_per_file(trained, tmp_path):
 
 def test_threshold_moves_the_calls(trained, tmp_path):
     model_uri, data = trained
-    image = sorted((data / "test" / "NORMAL").iterdir())[0]
-    for threshold, label in ((0.001, "PNEUMONIA"), (0.999, "NORMAL")):
+    # The image this tiny model is least sure of (some it calls with probability 0 or 1).
+    scored = predict.run(PredictConfig(model_uri=model_uri, input=str(data / "test"), output=str(tmp_path / "all.csv")))
+    least_sure = (scored["probability"] - 0.5).abs().idxmin()
+    probability, image = scored["probability"][least_sure], data / "test" / scored["file"][least_sure]
+    for threshold, label in ((probability / 2, "PNEUMONIA"), ((1 + probability) / 2, "NORMAL")):
         table = predict.run(PredictConfig(model_uri=model_uri, input=str(image), output=str(tmp_path / f"p{threshold}.csv"), threshold=threshold))
         assert table["label"].tolist() == [label]
 

@@ -33,14 +33,31 @@ def test_every_colour_mode_gives_the_same_grey(gradient):
     palette = grey.convert("P")  # adaptive palette of a grey ramp keeps the exact values
     cmyk = rgb.convert("CMYK")
     for img, fmt in ((grey, "PNG"), (rgb, "PNG"), (rgba, "PNG"), (palette, "PNG"), (cmyk, "TIFF"), (rgb, "BMP")):
-        pixels, mode = read_image(encode(img, fmt))
+        pixels, mode, _ = read_image(encode(img, fmt))
         assert pixels.dtype == np.uint8 and pixels.shape == gradient.shape, mode
         assert np.abs(pixels.astype(int) - gradient).max() <= 1, mode
 
 
+def test_a_large_jpeg_read_for_a_small_size_decodes_at_reduced_scale_and_keeps_its_look():
+    from pipeline.data.cache import resize_square
+    from pipeline.data.synthetic import radiograph
+
+    picture = np.asarray(Image.fromarray(radiograph(np.random.default_rng(0), 256, True)).resize((1024, 768)))
+    data = encode(Image.merge("RGB", [Image.fromarray(picture)] * 3), "JPEG", quality=90)
+    full, mode, stored = read_image(data)
+    reduced, reduced_mode, reduced_stored = read_image(data, at_least=224)
+    assert full.shape == (768, 1024) and reduced.shape == (384, 512)  # DCT scaling by 1/2: 384 >= 224
+    assert (mode, stored) == (reduced_mode, reduced_stored) == ("RGB", (1024, 768))  # as stored, not as read
+    assert read_image(data, at_least=96).pixels.shape == (96, 128)  # 1/8: the shorter side just reaches 96
+    difference = np.abs(resize_square(full, 224).astype(int) - resize_square(reduced, 224).astype(int))
+    assert difference.mean() < 0.5 and difference.max() <= 2
+    png = encode(Image.fromarray(picture), "PNG")  # not a JPEG: decoded whole, whatever the size asked
+    assert read_image(png, at_least=224).pixels.shape == (768, 1024)
+
+
 def test_sixteen_bit_is_stretched_to_full_range(gradient):
     twelve_bit = gradient.astype(np.uint16) * 16  # a 12-bit detector's values in a 16-bit file
-    pixels, mode = read_image(encode(Image.fromarray(twelve_bit)))
+    pixels, mode, _ = read_image(encode(Image.fromarray(twelve_bit)))
     assert mode.startswith("I")
     assert pixels.min() == 0 and pixels.max() == 255
     expected = (gradient - gradient.min()) * 255.0 / (gradient.max() - gradient.min())
@@ -49,7 +66,7 @@ def test_sixteen_bit_is_stretched_to_full_range(gradient):
 
 def test_transparent_pixels_become_black(gradient):
     rgba = Image.merge("RGBA", [Image.fromarray(gradient)] * 3 + [Image.new("L", (30, 20), 0)])
-    pixels, _ = read_image(encode(rgba))
+    pixels, _, _ = read_image(encode(rgba))
     assert pixels.max() == 0
 
 
@@ -57,9 +74,9 @@ def test_exif_orientation_is_applied(gradient):
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     stored = Image.fromarray(gradient, "L")
-    pixels, _ = read_image(encode(stored, "JPEG", exif=exif.tobytes(), quality=100))
+    pixels, _, _ = read_image(encode(stored, "JPEG", exif=exif.tobytes(), quality=100))
     assert pixels.shape == (30, 20)
-    upright, _ = read_image(encode(stored.transpose(Image.Transpose.ROTATE_270), "JPEG", quality=100))
+    upright, _, _ = read_image(encode(stored.transpose(Image.Transpose.ROTATE_270), "JPEG", quality=100))
     assert np.abs(pixels.astype(int) - upright).mean() < 3
 
 

@@ -53,7 +53,7 @@ def test_the_reader_answers_every_malformed_file_with_pixels_or_a_reason():
     outcomes = {"read": 0, "unreadable": 0}
     for name, data in cases:
         try:
-            grey, _ = read_image(data)
+            grey, _, _ = read_image(data)
         except UnreadableImage as e:
             assert str(e), name
             outcomes["unreadable"] += 1

@@ -1,3 +1,5 @@
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +16,7 @@ from pipeline.engine.device import pick_device
 from pipeline.engine.features import FeatureCache
 from pipeline.engine.loop import class_weights, feature_scale, fold_scale_into, predict_proba, train_classifier
 from pipeline.engine.setup import setup_training
+from pipeline.errors import UserError
 from pipeline.settings import DataConfig, FitConfig, ModelConfig
 
 
@@ -23,10 +26,11 @@ def data_dir(tmp_path_factory):
 
 
 def setup(data_dir, tmp_path, frozen=True, **fit):
+    """float32 unless a test asks otherwise: its figures are compared with float32 references."""
     return setup_training(
         DataConfig(data_dir=str(data_dir), image_size=32, cache_dir=str(tmp_path / "cache"), val_source="folder"),
         ModelConfig(backbone="resnet18", frozen=frozen, weights="none"),
-        FitConfig(batch_size=8, device="cpu", **fit),
+        FitConfig(batch_size=8, device="cpu", **{"precision": "fp32", **fit}),
     )
 
 
@@ -82,7 +86,16 @@ def test_folding_the_feature_scale_gives_the_same_logits():
 def test_cpu_is_picked_when_nothing_else_is_there():
     device = pick_device("auto")
     assert device.type in ("cpu", "cuda", "mps")
-    assert pick_device("cpu").amp_dtype is None and not pick_device("cpu").channels_last
+    assert pick_device("cpu", precision="fp32").amp_dtype is None and not pick_device("cpu").channels_last
+
+
+def test_auto_precision_on_the_cpu_is_bf16_only_where_the_cpu_computes_in_it(monkeypatch):
+    monkeypatch.setattr(engine_device, "cpu_has_bf16", lambda: True)
+    assert pick_device("cpu").amp_dtype == torch.bfloat16 and pick_device("cpu", precision="bf16").amp_dtype == torch.bfloat16
+    monkeypatch.setattr(engine_device, "cpu_has_bf16", lambda: False)
+    assert pick_device("cpu").amp_dtype is None
+    with pytest.raises(UserError, match="no bfloat16 instructions .* pass precision=fp32"):
+        pick_device("cpu", precision="bf16")
 
 
 @pytest.mark.parametrize("frozen", [True, False])
@@ -143,8 +156,10 @@ def test_early_stopping_after_patience_epochs_without_a_better_val_loss(data_dir
     assert state.epoch == state.best_epoch + 1
 
 
-def test_resuming_from_a_checkpoint_continues_exactly(data_dir, tmp_path):
-    s = setup(data_dir, tmp_path, frozen=False, augment=True)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resuming_from_a_checkpoint_continues_exactly(data_dir, tmp_path, monkeypatch, precision):
+    monkeypatch.setattr(engine_device, "cpu_has_bf16", lambda: True)  # bf16 runs anywhere, only slower without
+    s = setup(data_dir, tmp_path, frozen=False, augment=True, precision=precision)
     _, whole = fit_once(s, epochs=3)
     saved = {}
 
@@ -161,16 +176,52 @@ def test_resuming_from_a_checkpoint_continues_exactly(data_dir, tmp_path):
     # All a CUDA run needs too (empty here: no float16 loss scaling, no CUDA generator on the CPU).
     assert {"scaler", "cuda_rng", "generator", "torch_rng", "optimizer", "scheduler"} <= set(saved["checkpoint"])
     # The run's identity for reuse: weights by content, the device and precision it resolved to.
-    assert s.identity() == {"weights": s.weights.key, "device": "cpu", "precision": "float32"}
+    assert s.identity() == {"weights": s.weights.key, "device": "cpu", "precision": {"fp32": "float32", "bf16": "bfloat16"}[precision]}
 
 
-def test_compiled_extraction_gives_the_eager_features(data_dir, tmp_path):
-    s = setup(data_dir, tmp_path)
+def test_a_checkpoint_read_after_the_epoch_holds_that_epochs_weights(data_dir, tmp_path):
+    """The checkpoint hands over the live weights; a reader that takes its time (the recorder's
+    write) still reads the epoch's end, because training waits for it before its next step."""
+    s = setup(data_dir, tmp_path, frozen=False)
+    at_once, late = {}, {}
+
+    def copy(checkpoint):
+        return {k: v.clone() for k, v in checkpoint["trainable"].items()}
+
+    def read_at_once(stats, state, make_checkpoint):
+        if make_checkpoint is not None:  # none after the last epoch: nothing resumes from it
+            at_once[stats.epoch] = copy(make_checkpoint())
+
+    def read_late(stats, state, make_checkpoint):
+        if make_checkpoint is None:
+            return None
+        checkpoint = make_checkpoint()
+
+        def slow():
+            time.sleep(0.5)  # the next epoch's first batches run meanwhile
+            late[stats.epoch] = copy(checkpoint)
+
+        return ThreadPoolExecutor(1).submit(slow)
+
+    fit_once(s, epochs=3, on_epoch=read_at_once)
+    fit_once(s, epochs=3, on_epoch=read_late)
+    assert sorted(at_once) == sorted(late) == [1, 2]
+    for epoch in (1, 2):
+        assert all(torch.equal(at_once[epoch][k], late[epoch][k]) for k in at_once[epoch])
+    assert not all(torch.equal(at_once[1][k], at_once[2][k]) for k in at_once[1])  # the weights did move
+
+
+def test_compiled_extraction_gives_the_eager_features_and_keeps_its_kernels_for_the_next_run(data_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    s = setup(data_dir, tmp_path, compile=True)
     model = s.new_model()
     images = s.prep.dataset.images("val")
     eager = engine_features.extract_features(model, images, 8, s.device)
     compiled = engine_features.extract_features(model, images, 8, s.device, compile_backbone=True)
     assert torch.allclose(compiled, eager, rtol=1e-3, atol=1e-4)
+    # The compiled kernels are in the data cache, in a folder named by what decides them.
+    assert s.compile_cache.parent == tmp_path / "cache" / "compiled" and f"resnet18-{s.weights.key}-frozen-32px-cpu-float32" in s.compile_cache.name
+    assert any(p.is_file() for p in s.compile_cache.rglob("*"))
 
 
 def test_compiled_fine_tuning_trains_like_eager(data_dir, tmp_path):

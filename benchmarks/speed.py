@@ -1,0 +1,413 @@
+"""Faster than the libraries it stands on: prepare, tracking, precision and compile, each
+measured side by side in this one run, which adds its section to RESULTS.md.
+
+    python benchmarks/speed.py                  # about 20 minutes on 2 CPU cores
+    python benchmarks/speed.py --device cuda    # the same on a GPU (AMP and channels_last there)
+
+1. prepare (listing, both content hashes, decode, resize, cache) against the plain PIL loop
+   (open, convert to L, resize to the target: one process per core, started before the clock)
+   on kermany-2400 at 224 and 64 px and on 1,000 generated 1024 px JPEGs at 224 px. Fidelity:
+   the mean and largest absolute grey-level difference of what prepare stored against a full
+   decode and resize of the same files, and the test accuracy of one model trained on each.
+2. tracking: the train step's recorder (metrics, every checkpoint, until the last is stored)
+   against none, fine-tune and frozen, ResNet50 and EfficientNet-B0, paired and alternated.
+3. precision: fp32 against bf16 autocast at 224 px: extraction and fine-tune images per
+   second, and a frozen EfficientNet-B0's validation accuracy from each, with intervals.
+4. torch.compile: the first compile in an empty compile cache and the second, in a new process
+   with the cache the first left, and the images after which each has paid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from large import generate  # noqa: E402
+from run import KERMANY, Bench, machine, timed, tracking_overhead  # noqa: E402
+
+from pipeline.analysis.uncertainty import mcnemar_exact, proportion_interval  # noqa: E402
+from pipeline.data import Preparation, prepare_dataset  # noqa: E402
+from pipeline.data import cache as data_cache  # noqa: E402
+from pipeline.engine.device import cpu_has_bf16, pick_device, to_model_input  # noqa: E402
+from pipeline.engine.features import FeatureCache  # noqa: E402
+from pipeline.engine.loop import predict_proba, train_classifier  # noqa: E402
+from pipeline.engine.setup import setup_training  # noqa: E402
+from pipeline.models import build_classifier, parameter_groups, resolve_weights  # noqa: E402
+from pipeline.settings import DataConfig, FitConfig, ModelConfig  # noqa: E402
+
+# -- 1. prepare ----------------------------------------------------------------------------------
+
+
+def _plain_pil(job: tuple[list[str], int]) -> int:
+    files, size = job
+    for file in files:
+        with Image.open(file) as img:
+            np.asarray(img.convert("L").resize((size, size), Image.Resampling.BILINEAR))
+    return len(files)
+
+
+def pil_rate(files: list[str], size: int, workers: int) -> float:
+    """The plain loop's images per second on these cores (its pool started and warmed first)."""
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_plain_pil, [(files[:8], size)] * workers))
+        start = time.perf_counter()
+        list(pool.map(_plain_pil, [(files[k::workers], size) for k in range(workers)]))
+        return len(files) / (time.perf_counter() - start)
+
+
+def prepared(data_dir: str, size: int, cache: Path, full_decode: bool = False):
+    """prepare_dataset into a fresh cache, timed; `full_decode` reads every file at full scale
+    and resizes it in one bilinear pass, as the plain loop does, for the fidelity reference."""
+    decode, resize = data_cache.decode, data_cache.resize_square
+    if full_decode:  # the decoding workers are forked from here: they see the patched names
+        data_cache.decode = lambda image, max_pixels, at_least=0: decode(image, max_pixels)
+        data_cache.resize_square = lambda grey, size: np.asarray(Image.fromarray(grey).resize((size, size), Image.Resampling.BILINEAR))
+    try:
+        # generated files name no patients (kermany's do, in their names)
+        config = DataConfig(data_dir=data_dir, image_size=size, cache_dir=str(cache), **({"patient_pattern": ""} if "generated" in data_dir else {}))
+        seconds, prep = timed(lambda: prepare_dataset(config))
+    finally:
+        data_cache.decode, data_cache.resize_square = decode, resize
+    return seconds, prep.dataset
+
+
+def fidelity(fast, full) -> dict:
+    """Grey-level differences, every stored pixel of every split."""
+    diffs = [np.abs(fast.images(s).astype(np.int16) - full.images(s).astype(np.int16)) for s in ("train", "val", "test")]
+    return {"mean": float(np.mean(np.concatenate([d.ravel() for d in diffs]))), "max": int(max(d.max() for d in diffs))}
+
+
+def prepare_row(name: str, data_dir: str, size: int, work: Path, workers: int) -> dict:
+    files = sorted(str(p) for p in Path(data_dir).rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    plain = pil_rate(files, size, workers)
+    for variant in ("", "-full"):  # a cold start, also where --work is reused
+        shutil.rmtree(work / f"cache-{name}-{size}{variant}", ignore_errors=True)
+    seconds, fast = prepared(data_dir, size, work / f"cache-{name}-{size}")
+    _, full = prepared(data_dir, size, work / f"cache-{name}-{size}-full", full_decode=True)
+    return {
+        "name": name,
+        "size": size,
+        "n": len(files),
+        "costs": cost_per_image(files, size),
+        "plain_img_s": plain,
+        "prepare_img_s": len(files) / seconds,
+        "prepare_s": seconds,
+        "fidelity": fidelity(fast, full),
+        "full": full,
+        "fast": fast,
+    }
+
+
+def cost_per_image(files: list[str], size: int) -> dict[str, float]:
+    """Microseconds an image of each part of prepare's work, one process, on a sample."""
+    from pipeline.data.sources import fingerprint, pixel_hash, read_image
+    from pipeline.data.units import perceptual_hash
+
+    data = [Path(f).read_bytes() for f in files[:300]]
+    grey = [read_image(d, at_least=size).pixels for d in data]
+    small = [data_cache.resize_square(g, size) for g in grey]
+    parts = {
+        "plain loop": lambda: [np.asarray(Image.open(io.BytesIO(d)).convert("L").resize((size, size), Image.Resampling.BILINEAR)) for d in data],
+        "decode": lambda: [read_image(d, at_least=size) for d in data],
+        "resize": lambda: [data_cache.resize_square(g, size) for g in grey],
+        "hashes": lambda: ([fingerprint(d) for d in data], [pixel_hash(g) for g in grey], [perceptual_hash(x) for x in small]),
+    }
+    return {name: 1e6 * timed(fn)[0] / len(data) for name, fn in parts.items()}
+
+
+def accuracy_on(data, backbone: str, size: int, device: str, split: str) -> np.ndarray:
+    """Which `split` images a frozen model (weights none, 10 epochs) trained on `data` gets right."""
+    # Both variants have the same data digest (same files): features are kept in each one's cache.
+    FeatureCache._memory.clear()
+    config = DataConfig(data_dir=data.source, image_size=size, cache_dir=str(data.root.parents[1]))
+    fit = FitConfig(epochs=10, batch_size=32, device=device, patience=0, precision="fp32")
+    setup = setup_training(config, ModelConfig(backbone, True, "none"), fit, prep=Preparation(data, {}, "", True))
+    model = setup.new_model()
+    features = setup.features(model)
+    train_classifier(model, data, setup.fit_config, 1e-3, setup.device, 0, features=features.splits)
+    return predict_proba(model, data.images(split), 32, setup.device).argmax(1) == data.labels(split)
+
+
+# -- 3. precision --------------------------------------------------------------------------------
+
+
+def images_per_second(device_setting: str, precision: str, backbone: str, train: bool, n: int = 64) -> float:
+    """A backbone's forward (extraction) or forward-backward-step (fine-tune) at 224 px on
+    random batches of 32, the first batch left out."""
+    device = pick_device(device_setting, precision=precision)
+    torch.manual_seed(0)
+    model = build_classifier(backbone, resolve_weights(backbone, "none", 0), 2, not train, 0).to(device.torch_device)
+    x = to_model_input(torch.randint(0, 255, (32, 224, 224), dtype=torch.uint8), device)
+    y = torch.randint(0, 2, (32,), device=device.torch_device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, 1e-4, 0.1))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def batch():
+        if train:
+            model.train()
+            with device.autocast():
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        else:
+            with torch.inference_mode(), device.autocast():
+                model.features(x)
+
+    batch()
+    sync()
+    start = time.perf_counter()
+    for _ in range(n // 32):
+        batch()
+    sync()
+    return n / (time.perf_counter() - start)
+
+
+def frozen_val_accuracy(data_dir: str, cache: Path, device: str, precision: str) -> tuple[np.ndarray, float]:
+    """A frozen EfficientNet-B0 (weights none) at 224 px: its features in this precision, then
+    10 epochs of the head; which validation images it gets right, and the extraction's seconds."""
+    config = DataConfig(data_dir=data_dir, image_size=224, cache_dir=str(cache))
+    setup = setup_training(
+        config, ModelConfig("efficientnet_b0", True, "none"), FitConfig(epochs=10, batch_size=32, device=device, patience=0, precision=precision)
+    )
+    model = setup.new_model()
+    seconds, features = timed(lambda: setup.features(model))
+    train_classifier(model, setup.prep.dataset, setup.fit_config, 1e-3, setup.device, 0, features=features.splits)
+    right = predict_proba(model, setup.prep.dataset.images("val"), 32, setup.device).argmax(1) == setup.prep.dataset.labels("val")
+    return right, seconds
+
+
+# -- 4. compile ----------------------------------------------------------------------------------
+
+COMPILE_CHILD = r"""
+import json, sys, time
+from dataclasses import replace
+import torch
+from pipeline.engine.setup import setup_training
+from pipeline.settings import DataConfig, FitConfig, ModelConfig
+cache, device = sys.argv[1], sys.argv[2]
+setup = setup_training(DataConfig(data_dir="", image_size=224, cache_dir=cache), ModelConfig("efficientnet_b0", True, "none"), FitConfig(device=device, compile=True))
+model = setup.new_model().eval().to(setup.device.torch_device)
+x = torch.rand(32, 1, 224, 224, device=setup.device.torch_device)
+sync = torch.cuda.synchronize if setup.device.type == "cuda" else (lambda: None)
+def rate(forward, batches=3):
+    forward(x); sync(); start = time.perf_counter()
+    for _ in range(batches): forward(x)
+    sync(); return batches * 32 / (time.perf_counter() - start)
+with torch.inference_mode(), setup.device.autocast():
+    eager = rate(model.features)
+    compiled = torch.compile(model.features)
+    start = time.perf_counter(); compiled(x); sync(); compile_s = time.perf_counter() - start
+    fast = rate(compiled)
+print(json.dumps({"eager": eager, "compiled": fast, "compile_s": compile_s, "precision": setup.precision}))
+"""
+
+
+def compile_twice(cache: Path, device: str) -> list[dict]:
+    """Two processes, one after the other, sharing the data cache (and so the compile cache)."""
+    runs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", COMPILE_CHILD, str(cache), device], capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return runs
+
+
+def break_even(compile_s: float, eager: float, compiled: float) -> float:
+    saved = 1 / eager - 1 / compiled
+    return compile_s / saved if saved > 0 else float("inf")
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
+    parser.add_argument("--work", default="", help="scratch folder (default: a new temporary one)")
+    args = parser.parse_args()
+    if not KERMANY.is_dir():
+        raise SystemExit(f"error: this benchmark reads kermany-2400 at {KERMANY}; set CXR_KERMANY_DIR to its folder")
+    work = Path(args.work or tempfile.mkdtemp(prefix="cxr-speed-"))
+    for stale in work.glob("cache-*"):  # every measure starts cold, also where --work is reused
+        shutil.rmtree(stale)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    workers = os.cpu_count() or 1
+    started = time.perf_counter()
+    r: dict = {}
+
+    print("1/4 prepare against the plain PIL loop ...", flush=True)
+    big = work / "generated-1024"
+    generate(big, 1000, workers, size=1024)
+    r["prepare"] = [
+        prepare_row("kermany-2400", str(KERMANY), 224, work, workers),
+        prepare_row("kermany-2400", str(KERMANY), 64, work, workers),
+        prepare_row("generated 1024 px", str(big), 224, work, workers),
+    ]
+    small = r["prepare"][1]
+    fast_right = accuracy_on(small["fast"], "efficientnet_b0", 64, args.device, "test")
+    full_right = accuracy_on(small["full"], "efficientnet_b0", 64, args.device, "test")
+    r["prepare_accuracy"] = {
+        "fast": proportion_interval(fast_right.sum(), len(fast_right)),
+        "full": proportion_interval(full_right.sum(), len(full_right)),
+        "paired": mcnemar_exact(fast_right, full_right),
+    }
+
+    print("2/4 tracking overhead ...", flush=True)
+    bench = Bench(str(KERMANY), 64, 32, 10, "efficientnet_b0", "resnet50", 320, 0, args.device, workers, work / "cache-tracking")
+    r["tracking"] = {
+        # 3 epochs: two checkpoints (the last epoch writes none: nothing resumes from it)
+        ("resnet50", "fine-tune"): tracking_overhead(bench, "resnet50", False, 3, 320, 3),
+        ("efficientnet_b0", "fine-tune"): tracking_overhead(bench, "efficientnet_b0", False, 3, 320, 3),
+        ("resnet50", "frozen"): tracking_overhead(bench, "resnet50", True, 10, None, 15),
+        ("efficientnet_b0", "frozen"): tracking_overhead(bench, "efficientnet_b0", True, 10, None, 15),
+    }
+
+    print("3/4 precision ...", flush=True)
+    bf16 = pick_device(args.device).type == "cuda" or cpu_has_bf16()
+    precisions = ("fp32", "bf16") if bf16 else ("fp32",)
+    r["precision"] = {
+        p: {
+            "extract": {b: images_per_second(args.device, p, b, False, 96) for b in ("efficientnet_b0", "resnet50")},
+            "finetune": {b: images_per_second(args.device, p, b, True, 64) for b in ("efficientnet_b0", "resnet50")},
+            "val": frozen_val_accuracy(str(KERMANY), work / f"cache-precision-{p}", args.device, p),
+        }
+        for p in precisions
+    }
+
+    print("4/4 torch.compile, twice ...", flush=True)
+    r["compile"] = compile_twice(work / "cache-compile", args.device)
+
+    # The measurements, kept so that the table can be written again without measuring again.
+    (work / "measured.pkl").write_bytes(pickle.dumps(r))
+    command = "python benchmarks/speed.py" + "".join(f" {a}" for a in sys.argv[1:])
+    report = render(r, command, time.perf_counter() - started, args.device)
+    print("\n" + report)
+    path = Path(args.results)
+    path.write_text(path.read_text().rstrip() + "\n\n" + report)
+
+
+def render(r: dict, command: str, seconds: float, device_setting: str) -> str:
+    rows = []
+    for p in r["prepare"]:
+        ratio = p["prepare_img_s"] / p["plain_img_s"]
+        rows.append(
+            (
+                f"prepare {p['name']} ({p['n']:,} images) at {p['size']} px: images per second / the plain PIL loop (open, convert to L, resize) on the same {os.cpu_count()} cores",
+                f"{ratio:.2f} ({p['prepare_img_s']:.0f} vs {p['plain_img_s']:.0f} img/s; {p['prepare_s']:.1f} s); grey levels against a full decode + resize: mean {p['fidelity']['mean']:.3f}, largest {p['fidelity']['max']}",
+                ">= 1.5",
+                "met" if ratio >= 1.5 else "NOT met",
+            )
+        )
+    costs = []
+    for p in r["prepare"]:
+        c = p["costs"]
+        own = c["decode"] + c["resize"] + c["hashes"]
+        fixed = p["prepare_s"] - p["n"] * own / 1e6 / os.cpu_count()
+        costs.append(
+            f"- prepare {p['name']} at {p['size']} px, microseconds an image in one process: plain loop {c['plain loop']:.0f}; prepare's decode "
+            f"{c['decode']:.0f}, resize {c['resize']:.0f}, the three hashes (file, pixels, perceptual) {c['hashes']:.0f}: {own:.0f} in all, "
+            f"{c['plain loop'] / own:.2f} x the loop's rate; the other {max(fixed, 0):.2f} s of its {p['prepare_s']:.2f} s are prepare's fixed work "
+            "(listing, starting the workers, the checks and the data report), which a set this small does not amortise"
+        )
+    a = r["prepare_accuracy"]
+    held = a["paired"]["p_value"] >= 0.05
+    rows.append(
+        (
+            "test accuracy, frozen efficientnet_b0 (weights none, 64 px, 10 epochs) trained on kermany-2400 as prepared vs fully decoded",
+            f"{a['fast'].value:.3f} [{a['fast'].low:.3f}, {a['fast'].high:.3f}] vs {a['full'].value:.3f} [{a['full'].low:.3f}, {a['full'].high:.3f}]; McNemar p = {a['paired']['p_value']:.2f} ({a['paired']['only_a_right']} / {a['paired']['only_b_right']} images only one gets right)",
+            "unchanged within its interval",
+            "met" if held and a["full"].low <= a["fast"].value <= a["full"].high else "NOT met",
+        )
+    )
+    for (backbone, kind), o in r["tracking"].items():
+        rows.append(
+            (
+                f"tracking overhead, {kind} ({backbone}, {1000 * o['epoch_s']:.0f} ms epochs, runs of {o['run_s']:.1f} s, checkpoint {o['checkpoint_mb']:.1f} MB): with vs without, median of {o['repeats']} paired runs, every write included",
+                f"{o['overhead_pct']:+.1f} % ({o['overhead_ms']:+.0f} ms a run; pairs from {o['spread_pct'][0]:+.1f} to {o['spread_pct'][1]:+.1f} %); "
+                f"per checkpointed epoch {o['overhead_ms'] / (o['epochs'] - 1):+.0f} ms, {o['overhead_ms'] / 10 / (o['epochs'] - 1) / o['epoch_s']:+.1f} % of an epoch",
+                "<= 2 %",
+                "met" if o["overhead_pct"] <= 2 else "NOT met",
+            )
+        )
+    prec = r["precision"]
+    if "bf16" in prec:
+        for what in ("extract", "finetune"):
+            for backbone in ("efficientnet_b0", "resnet50"):
+                fp, bf = prec["fp32"][what][backbone], prec["bf16"][what][backbone]
+                label = "frozen feature extraction" if what == "extract" else "fine-tune step (forward, backward, AdamW)"
+                rows.append(
+                    (
+                        f"224 px, {label} ({backbone}, batch 32): bf16 autocast / fp32 images per second",
+                        f"{bf / fp:.2f} ({bf:.1f} vs {fp:.1f} img/s)",
+                        "> 1 to pick bf16",
+                        "pays" if bf > fp else "does not pay",
+                    )
+                )
+        (fp_right, fp_s), (bf_right, bf_s) = prec["fp32"]["val"], prec["bf16"]["val"]
+        fi, bi = proportion_interval(fp_right.sum(), len(fp_right)), proportion_interval(bf_right.sum(), len(bf_right))
+        paired = mcnemar_exact(bf_right, fp_right)  # only_a_right: images bf16 alone gets right
+        holds = paired["p_value"] >= 0.05 and fi.low <= bi.value <= fi.high
+        rows.append(
+            (
+                "224 px, frozen efficientnet_b0 (weights none) on kermany-2400: validation accuracy, bf16 vs fp32 features and head",
+                f"{bi.value:.3f} [{bi.low:.3f}, {bi.high:.3f}] vs {fi.value:.3f} [{fi.low:.3f}, {fi.high:.3f}]; McNemar p = {paired['p_value']:.2f} ({paired['only_a_right']} / {paired['only_b_right']} images only one gets right); extraction {bf_s:.0f} s vs {fp_s:.0f} s",
+                "within fp32's interval",
+                "holds" if holds else "does NOT hold",
+            )
+        )
+    first, second = r["compile"]
+    rows.append(
+        (
+            f"torch.compile of efficientnet_b0's forward at 224 px ({first['precision']}): first compile (empty cache) / second (a new process, the cache the first left)",
+            f"{first['compile_s']:.1f} s / {second['compile_s']:.1f} s; compiled {second['compiled']:.1f} vs eager {second['eager']:.1f} img/s; pays after {break_even(first['compile_s'], first['eager'], first['compiled']):,.0f} images the first time, {break_even(second['compile_s'], second['eager'], second['compiled']):,.0f} after",
+            "second compile in seconds",
+            "met" if second["compile_s"] < 10 else "NOT met",
+        )
+    )
+    device = pick_device(device_setting)
+    lines = [
+        f"## {date.today().isoformat()}, speed past the libraries, {device.type}",
+        "",
+        f"- machine: {machine()}; bf16 in hardware: {cpu_has_bf16() if device.type == 'cpu' else 'n/a'}",
+        f"- command: `{command}` ({seconds / 60:.0f} min)",
+        "- prepare: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least the target size, luma only; "
+        "the two content hashes the leakage check needs (pixels and perceptual) are included in prepare's time, not in the plain loop's",
+        "- tracking: the checkpoint holds the live weights and is serialised by the recorder's thread while the next epoch's first batch runs; "
+        "training waits for it only at its next optimizer step; the best weights are copied on a thread of their own",
+        "",
+        "| measure | result | target | |",
+        "|---|---|---|---|",
+        *[f"| {m} | {res} | {t} | {v} |" for m, res, t, v in rows],
+        "",
+        *costs,
+        "",
+    ]
+    if device.type != "cuda":
+        lines.append(
+            "GPU: not run. No GPU machine was lent to this task; `python benchmarks/speed.py --device cuda` and "
+            "`python benchmarks/run.py --device cuda --full` record AMP, channels_last and the four-way compare there."
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
