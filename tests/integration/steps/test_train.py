@@ -237,7 +237,7 @@ def test_resume_refuses_a_changed_world(store, tmp_path, monkeypatch):
     config = (
         DataConfig(data_dir=str(data), image_size=32, cache_dir=str(tmp_path / "c")),
         ModelConfig("resnet18", True, "none"),
-        FitConfig(epochs=1, batch_size=8, device="cpu"),
+        FitConfig(epochs=2, batch_size=8, device="cpu"),  # the last epoch stores no checkpoint: epoch 1's is there
     )
     trained = train.run(*config)
     MlflowClient().set_terminated(trained.run_id, "FAILED")  # as if it had stopped with its checkpoint stored
@@ -295,7 +295,7 @@ def test_a_train_run_leaves_no_checkpoint_behind_in_the_temporary_folder(store, 
     config = (
         DataConfig(data_dir=str(data_dir), image_size=32, cache_dir=str(tmp_path / "cache")),
         ModelConfig(backbone="resnet18", frozen=False, weights="none"),
-        FitConfig(epochs=1, batch_size=8, device="cpu"),
+        FitConfig(epochs=2, batch_size=8, device="cpu"),  # epoch 1 stores the checkpoint resumed from
     )
     trained = train.run(*config)
     MlflowClient().set_terminated(trained.run_id, "FAILED")  # so that it can be resumed: its checkpoint is downloaded
