@@ -13,10 +13,11 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from pipeline.analysis.resampling import Resampling, percentile_interval, resampled_auc
 from pipeline.analysis.shift import domain_shift
-from pipeline.analysis.uncertainty import auc_interval, metric_intervals
+from pipeline.analysis.uncertainty import metric_intervals
 from pipeline.data.checks import ManifestRow
 from pipeline.data.units import hash_bits, near_duplicate_index_pairs, patient_of
 
@@ -65,10 +66,7 @@ def drop(internal: Scored, external: Scored, threshold: float) -> dict[str, floa
     acc_a, acc_b = _accuracy(*a.T), _accuracy(*b.T)
     balance = ((_accuracy(a[:, 0], a[:, 1], a[:, 2]) - _accuracy(a[:, 0], a[:, 1], b[:, 2])) + (_accuracy(b[:, 0], b[:, 1], a[:, 2]) - acc_b)) / 2
     (auc_a,), (auc_b,) = resampled_auc(internal.resampling, internal.y, internal.p), resampled_auc(external.resampling, external.y, external.p)
-    auc_internal, auc_external = (
-        auc_interval(internal.y, internal.p, internal.resampling).value,
-        auc_interval(external.y, external.p, external.resampling).value,
-    )
+    auc_internal, auc_external = roc_auc_score(internal.y, internal.p), roc_auc_score(external.y, external.p)
     out = {}
     for name, value, samples in (
         ("external_drop_acc", acc_a[0] - acc_b[0], acc_a[1:] - acc_b[1:]),

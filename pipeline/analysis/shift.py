@@ -46,8 +46,7 @@ def domain_shift(first: np.ndarray, second: np.ndarray, seed: int, units: np.nda
     saw the scored images has an AUC of exactly 0.5 there when the sets do not differ, whatever it
     learned, so the plain interval over the held-out units is valid. Cross-validated scores pooled
     over folds are not: each fold's classifier is another and the folds are correlated, so their
-    bootstrap interval was too narrow (it missed 0.5 for 11 of 100 simulated pairs of alike sets,
-    where 5 are expected; benchmarks/verdicts.py measures this one). `units`: the unit of each image of both sets in order (patients,
+    bootstrap interval is too narrow (benchmarks/verdicts.py measures this one's false-shift rate). `units`: the unit of each image of both sets in order (patients,
     copies; None: each image its own), kept on one side of the split and resampled whole."""
     x = np.concatenate([first, second])
     y = np.r_[np.zeros(len(first), int), np.ones(len(second), int)]

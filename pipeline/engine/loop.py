@@ -317,7 +317,7 @@ def train_classifier(
             reads.add(on_epoch(stats, state, None if last else make_checkpoint))
         if should_stop is not None and should_stop(stats):
             break
-    reads.close()
+    reads.settle()
     if best_weights is not None:
         trainable.load_state_dict(best_weights.result())
     if model.frozen:

@@ -51,8 +51,8 @@ class TrainingSetup:
     @property
     def compile_cache(self) -> Path:
         """Where torch.compile keeps what it compiled for this configuration, so that the next
-        run of it loads the kernels instead of compiling again (43 s for EfficientNet-B0 on 2
-        cores, seconds from the cache): keyed like a reuse key by all that decides the graph."""
+        run of it loads the kernels instead of compiling again (both times in benchmarks/RESULTS.md):
+        keyed like a reuse key by all that decides the graph."""
         m, d = self.model_config, self.prep.dataset
         mode = "frozen" if m.frozen else "finetune"
         key = f"{m.backbone}-{self.weights.key}-{mode}-{d.image_size}px-{self.device.type}-{self.precision}-torch{torch.__version__}"

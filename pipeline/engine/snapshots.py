@@ -11,7 +11,8 @@ in every training forward pass, so they (a few hundred kB) are copied at once.
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 
 import torch
 from torch import nn
@@ -37,11 +38,19 @@ class PendingReads:
     and raises what failed; training calls it before it changes the weights."""
 
     def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="best-weights")
         self.pending: list[Future] = []
 
     def copy(self, state: dict[str, torch.Tensor]) -> Future:
-        future = self.pool.submit(lambda: {k: v.clone() for k, v in state.items()})
+        future: Future = Future()
+
+        def work() -> None:
+            try:
+                future.set_result({k: v.clone() for k, v in state.items()})
+            except BaseException as e:
+                future.set_exception(e)
+
+        # A thread per copy, not a pool: a run that ends on an error (a pruned trial) leaves none behind.
+        threading.Thread(target=work, name="best-weights", daemon=True).start()
         self.pending.append(future)
         return future
 
@@ -52,9 +61,3 @@ class PendingReads:
     def settle(self) -> None:
         while self.pending:
             self.pending.pop(0).result()
-
-    def close(self) -> None:
-        try:
-            self.settle()
-        finally:
-            self.pool.shutdown(wait=True)

@@ -172,7 +172,15 @@ def run(config: EvaluateConfig, reuse: bool = False) -> Evaluated:
             },
             **patient_disjoint_metrics(rows, units, labels, probs, classes, threshold),
             **occlusion_metrics(model, data.images("test"), y_test, p_test, pos, device, training_grey(data.images("train")), resampling),
-            **saliency_metrics(train_run, settings, classes, data.images("test"), y_test, data.files("test"), p_test >= threshold, data_cfg.seed),
+            **saliency_metrics(
+                rebuilt_classifier(train_run, settings, len(classes)),
+                classes,
+                data.images("test"),
+                y_test,
+                data.files("test"),
+                p_test >= threshold,
+                data_cfg.seed,
+            ),
         }
         mlflow.log_metrics(metrics)
         mlflow.set_tag("shortcut_verdict", shortcut_verdict(occlusion_intervals(metrics, "test"))[0])
@@ -249,8 +257,7 @@ def rebuilt_classifier(train_run, settings: dict, n_classes: int):
 
 
 def saliency_metrics(
-    train_run,
-    settings: dict,
+    classifier,
     classes: list[str],
     images: np.ndarray,
     y: np.ndarray,
@@ -259,9 +266,9 @@ def saliency_metrics(
     seed: int,
     split: str = "test",
 ) -> dict[str, float]:
-    """Grad-CAM of the kept classifier: the share of heat in the lung box over all of `images`,
-    and a grid of a seeded sample of each outcome (`y`: truly positive, `called`: called positive)."""
-    classifier = rebuilt_classifier(train_run, settings, len(classes))
+    """Grad-CAM of the kept classifier (`rebuilt_classifier`; None: not computed): the share of heat
+    in the lung box over all of `images`, and a grid of a seeded sample of each outcome (`y`: truly
+    positive, `called`: called positive)."""
     if classifier is None:
         mlflow.set_tag("saliency", "not computed: the train run has no checkpoints/best.pt")
         return {}

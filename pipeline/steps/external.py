@@ -29,6 +29,7 @@ import csv
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass, replace
 
 import mlflow
@@ -42,6 +43,7 @@ from pipeline.analysis.shortcuts import occlusion_intervals, shortcut_verdict, t
 from pipeline.cli import from_params
 from pipeline.data import Preparation, prepare_dataset
 from pipeline.data.checks import ManifestRow, patients_known, units_of
+from pipeline.data.units import patient_of
 from pipeline.engine.device import pick_device
 from pipeline.engine.features import extract_features
 from pipeline.engine.loop import predict_proba
@@ -168,12 +170,12 @@ def run(evaluate_cfg: EvaluateConfig, data: DataConfig, config: ExternalConfig, 
         metrics |= {f"{name}_{k}": c[k] for name, c in calibrated.items() for k in ("ece", "brier")}
         train_set = pooled(internal_prep, ("train",))
         same_source = external_prep.dataset.source == internal_prep.dataset.source
-        developed = pooled(internal_prep, ("train", "val"))
-        shared = ext.shared_with_train(developed.rows, outside.rows, data.patient_pattern, data.near_duplicate_bits, same_source)
+        developed = [r for r in internal_prep.dataset.manifest() if r.split in ("train", "val")]
+        shared = ext.shared_with_train(developed, outside.rows, data.patient_pattern, data.near_duplicate_bits, same_source)
         metrics["external_n_shared_with_train"] = len(shared)
         classifier = rebuilt_classifier(train_run, settings, len(classes))
         if classifier is not None:
-            metrics |= shift_metrics(classifier, train_set, outside, data, same_source, device)
+            metrics |= shift_metrics(classifier, train_set, outside, (internal_cfg.patient_pattern, data.patient_pattern), data, same_source, device)
         metrics |= occlusion_metrics(
             model,
             outside.images,
@@ -187,7 +189,7 @@ def run(evaluate_cfg: EvaluateConfig, data: DataConfig, config: ExternalConfig, 
         )
         files = [r.path for r in outside.rows]
         metrics |= saliency_metrics(
-            train_run, settings, classes, outside.images, sides["external"].y == 1, files, sides["external"].p >= threshold, data.seed, "external"
+            classifier, classes, outside.images, sides["external"].y == 1, files, sides["external"].p >= threshold, data.seed, "external"
         )
         mlflow.log_metrics(metrics)
         mlflow.set_tag("shortcut_verdict", shortcut_verdict(occlusion_intervals(metrics, "external"))[0])
@@ -206,19 +208,32 @@ def record_on_card(model_uri: str, name: str, source: str, n_images: int, metric
         log.info(f"the model card of {updated} now names this validation")
 
 
-def shift_metrics(classifier, train_set: ImageSet, outside: ImageSet, data: DataConfig, same_source: bool, device) -> dict[str, float]:
-    """The shift as the model sees it: its own features of a seeded sample of each set. A patient
-    id links the two sets only where they are one source; identical or near-identical pictures
-    link them always."""
+def shift_metrics(
+    classifier, train_set: ImageSet, outside: ImageSet, patterns: tuple[str, str], data: DataConfig, same_source: bool, device
+) -> dict[str, float]:
+    """The shift as the model sees it: its own features of a seeded sample of each set. Each set's
+    patients (found by its own `patterns`) are kept whole; an id links the two sets only where they
+    are one source, identical or near-identical pictures link them always."""
     rng = np.random.default_rng(data.seed)
     picks = [np.sort(rng.permutation(len(s.rows))[:SHIFT_SAMPLE]) for s in (train_set, outside)]
-    rows = [s.rows[k] for s, chosen in zip((train_set, outside), picks) for k in chosen]
-    if not same_source:
-        rows = [replace(r, patient="") for r in rows]
-    units = units_of(rows, data.patient_pattern if same_source else "", data.near_duplicate_bits)
+    units = shift_units([train_set.rows[k] for k in picks[0]], [outside.rows[k] for k in picks[1]], patterns, data.near_duplicate_bits, same_source)
     classifier = classifier.to(device.torch_device)
     features = [extract_features(classifier, s.images[k], 64, device, desc="shift features").numpy() for s, k in zip((train_set, outside), picks)]
     return ext.shift(*features, units, data.seed)
+
+
+def shift_units(
+    train_rows: list[ManifestRow], external_rows: list[ManifestRow], patterns: tuple[str, str], near_bits: int, same_source: bool
+) -> np.ndarray:
+    """The units of both sets' images in order: each set's patients by its own pattern, an id
+    shared across the sets only where they are one source; copies link them always."""
+    rows = []
+    for side, side_rows, pattern in zip(("train", "external"), (train_rows, external_rows), patterns):
+        compiled = re.compile(pattern) if pattern else None
+        for r in side_rows:
+            patient = patient_of(r.path, r.patient, compiled)
+            rows.append(replace(r, patient="" if patient is None else patient if same_source else f"{side}:{patient}"))
+    return units_of(rows, "", near_bits)
 
 
 def _log_artifacts(calibrated, train_set: ImageSet, outside: ImageSet, shared, scored: ext.Scored, classes, threshold: float, title: str) -> None:

@@ -111,3 +111,19 @@ def test_bad_inputs_end_in_one_error(trained, tmp_path):
     assert cli.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: cannot find model 'models:/m-doesnotexist'"), cli.stderr[-2000:]
     cli = pipeline_cli("external", {"model_uri": result.model_uri, "data_dir": str(one_class)})
     assert cli.returncode == 2 and len(error_lines(cli.stderr)) == 1, cli.stderr[-2000:]
+
+
+def test_the_shift_keeps_each_sets_patients_whole_and_links_two_sources_only_by_copies():
+    from pipeline.data.checks import ManifestRow
+
+    def row(path, patient, content):
+        return ManifestRow(path, "train", "NORMAL", 64, 64, "L", content, patient, "")
+
+    train_rows = [row("a.png", "p1", "c1"), row("b.png", "p1", "c2"), row("c.png", "p2", "c3")]
+    external_rows = [row("x.png", "p1", "c4"), row("y.png", "q", "c5"), row("z.png", "q", "c6"), row("w.png", "", "c3")]
+    two = external.shift_units(train_rows, external_rows, ("", ""), 16, same_source=False)
+    assert two[0] == two[1] and two[4] == two[5]  # a patient's images, in either set, stay one unit
+    assert two[3] != two[0]  # "p1" of another source is another patient
+    assert two[6] == two[2]  # identical pixels link the sets whatever the source
+    one = external.shift_units(train_rows, external_rows, ("", ""), 16, same_source=True)
+    assert one[3] == one[0]  # one source: the same id is the same patient
