@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter, defaultdict
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from itertools import combinations
 from pathlib import Path
 
@@ -42,7 +42,8 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(astuple(r) for r in rows)
+        # not `astuple`, which deep-copies every field: a third of writing 10^5 rows
+        writer.writerows([getattr(r, c) for c in MANIFEST_COLUMNS] for r in rows)
 
 
 def read_manifest(path: Path) -> list[ManifestRow]:

@@ -91,11 +91,13 @@ def near_duplicate_index_pairs(bits: np.ndarray, max_bits: int = NEAR_DUPLICATE_
         sizes = np.diff(starts)
         if int((sizes * (sizes - 1) // 2).sum()) > budget // 4:  # hashes too alike to index: compare all
             return _all_pairs(bits, max_bits)
-        for start, size in zip(starts[:-1], sizes):
-            if size > 1:
-                members = np.sort(order[start : start + size])
-                a, b = np.triu_indices(size, 1)
-                candidates.append(members[a] * n + members[b])
+        # Every pair within a bucket, by offset: position k pairs with k + d while both lie in one
+        # bucket (one array operation per offset, not one per bucket: 10^3 buckets of two or three).
+        bucket = np.repeat(np.arange(len(sizes)), sizes)
+        for d in range(1, int(sizes.max())):
+            k = np.flatnonzero(bucket[:-d] == bucket[d:])
+            a, b = order[k], order[k + d]
+            candidates.append(np.minimum(a, b) * n + np.maximum(a, b))
     if not candidates:
         return np.zeros(0, int), np.zeros(0, int), np.zeros(0, int)
     pairs = np.unique(np.concatenate(candidates))

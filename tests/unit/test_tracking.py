@@ -1,4 +1,6 @@
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -78,6 +80,63 @@ def test_epoch_recorder_logs_in_order_and_checkpoints_a_snapshot(store, tmp_path
         weights_only=True,
     )
     assert saved["epoch"] == 3 and saved["w"].tolist() == [3.0, 3.0, 3.0]
+
+
+def _last_checkpoint(run) -> Path:
+    return Path(urlparse(run.info.artifact_uri).path) / "checkpoints" / "last.pt"
+
+
+def _wait_until_published(run, epoch: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _last_checkpoint(run).exists() and torch.load(_last_checkpoint(run), weights_only=True)["epoch"] == epoch:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"epoch {epoch}'s checkpoint was not published within 10 s")
+
+
+def test_checkpoints_alternate_between_two_slots_and_the_one_published_is_never_rewritten(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder_module, "SMALL_CHECKPOINT", -1)
+    writes = []
+    original = recorder_module._write_in_place
+
+    def watched(checkpoint, path):
+        last = _last_checkpoint(run)
+        writes.append((path.name, last.exists() and path.exists() and os.path.samefile(path, last)))
+        original(checkpoint, path)
+
+    monkeypatch.setattr(recorder_module, "_write_in_place", watched)
+    with tracking.step_run("train", "resnet18", "finetune") as run:
+        recorder = tracking.EpochRecorder(tmp_path, min_interval=0)
+        for epoch in (1, 2, 3, 4):
+            recorder(Stats(epoch), None, lambda epoch=epoch: {"w": torch.full((1000,), float(epoch)), "epoch": epoch}).result()
+            _wait_until_published(run, epoch)  # the next write comes after it, as an epoch later
+        recorder.close()
+    assert [name for name, _ in writes] == ["last.pt.a", "last.pt.b", "last.pt.a", "last.pt.b"]
+    assert not any(was_published for _, was_published in writes)  # a kill -9 mid-write leaves last.pt whole
+    assert torch.load(_last_checkpoint(run), weights_only=True)["epoch"] == 4
+    assert not list(_last_checkpoint(run).parents[2].glob("last.pt.*"))  # the slots' names go with the recorder
+
+
+def test_a_resumed_recorder_does_not_write_into_the_slot_its_killed_process_published(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder_module, "SMALL_CHECKPOINT", -1)
+    with tracking.step_run("train", "resnet18", "finetune") as run:
+        killed = tracking.EpochRecorder(tmp_path, min_interval=0)
+        killed(Stats(1), None, lambda: {"epoch": 1}).result()
+        _wait_until_published(run, 1)
+        killed.queue.put(None)
+        killed.thread.join()  # stopped as by kill -9: no close(), its slots stay
+        resumed = tracking.EpochRecorder(tmp_path, min_interval=0)
+
+        def killed_mid_write(checkpoint, path):
+            path.write_bytes(b"half a checkpoint")
+            raise OSError("killed")
+
+        monkeypatch.setattr(recorder_module, "_write_in_place", killed_mid_write)
+        resumed(Stats(2), None, lambda: {"epoch": 2})
+        with pytest.raises(OSError, match="killed"):
+            resumed.close()
+        assert torch.load(_last_checkpoint(run), weights_only=True)["epoch"] == 1
 
 
 def test_a_resumed_run_does_not_log_an_epoch_twice(store, tmp_path):

@@ -111,7 +111,7 @@ def test_a_killed_run_loses_only_its_running_trial(store, data_dir):
 def test_two_processes_on_one_sqlite_study_record_every_trial_once(store, data_dir):
     workers = [tune_process(data_dir, 4, study_name="shared") for _ in range(2)]
     outputs = [w.communicate(timeout=900)[0] for w in workers]
-    assert all(w.returncode == 0 for w in workers), outputs
+    assert all(w.returncode == 0 for w in workers), "\n\n".join(o[-4000:] for o in outputs)
     study = study_of(store, "shared")
     trials = study.get_trials(states=FINISHED_STATES)
     assert len(trials) == 8 and sorted(t.number for t in trials) == list(range(8))
