@@ -119,7 +119,7 @@ class FitConfig:
     precision: str = option(
         "auto",
         choice("auto", "fp32", "bf16"),
-        "arithmetic of training, extraction and evaluation: bf16 autocast, or fp32; auto = bf16 (or float16) autocast on CUDA, fp32 on the CPU (bf16 there: benchmarks/RESULTS.md)",
+        "arithmetic of training, extraction and evaluation: bf16 autocast, or fp32; auto = bf16 autocast on CUDA (float16 where the GPU has no bf16) and on CPUs with bf16 instructions (AVX-512 BF16, AMX), fp32 on other CPUs (measured: benchmarks/RESULTS.md)",
     )
     train_seed: int | None = option(
         None, seed_or_auto, "seed of the model's initialisation and training order (auto = seed); compare's seeds vary it"
