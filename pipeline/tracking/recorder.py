@@ -28,7 +28,7 @@ class EpochRecorder:
     once, and the call hands back a future that is done when it has, which training waits for
     before its next optimizer step; no copy of the state is made in the training thread (but of
     one up to `SMALL_CHECKPOINT`, a frozen run's head, which is copied and written later). Order
-    is kept: a checkpoint is published (renamed into checkpoints/, or uploaded) only after its
+    is kept: a checkpoint is published (linked into checkpoints/, or uploaded) only after its
     epoch's metrics are stored, so a resumed run never skips an epoch's numbers. Metrics and
     publishing happen at most once per `min_interval` seconds, taking all that is waiting at
     once: the millisecond epochs of frozen mode are stored together instead of costing a
@@ -55,6 +55,7 @@ class EpochRecorder:
         if checkpoint_dir is not None:
             folder = self.local_artifacts.parent if self.local_artifacts else checkpoint_dir
             self.slots = [folder / "last.pt.a", folder / "last.pt.b"] if self.local_artifacts else [folder / "last.pt"]
+            self.link = folder / "last.pt.link"  # a slot's second name, until it is renamed to last.pt
         # the slot checkpoints/last.pt is: in a resumed run, perhaps one its killed process wrote
         last = self.local_artifacts / "checkpoints" / "last.pt" if self.local_artifacts else None
         self.published = next((s for s in self.slots if last and last.exists() and s.exists() and os.path.samefile(s, last)), None)
@@ -140,25 +141,25 @@ class EpochRecorder:
         if self.local_artifacts is not None:
             folder = self.local_artifacts / "checkpoints"
             folder.mkdir(parents=True, exist_ok=True)
-            link = self.written.with_suffix(".link")
-            link.unlink(missing_ok=True)  # left by a process killed between these two calls
+            self.link.unlink(missing_ok=True)  # left by a process killed between these two calls
             try:
-                os.link(self.written, link)
+                os.link(self.written, self.link)
             except OSError:  # a file system without hard links: the slot itself becomes last.pt
                 os.replace(self.written, folder / "last.pt")
                 self.written = None
             else:
-                os.replace(link, folder / "last.pt")
-        else:
+                os.replace(self.link, folder / "last.pt")
+            self.published = self.written
+        else:  # the upload copies the slot: it may be rewritten next, and `published` stays None
             self.client.log_artifact(self.run_id, str(self.written), "checkpoints")
-        self.published, self.written = self.written, None
+        self.written = None
 
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join()
-        if self.local_artifacts is not None:
-            for slot in self.slots:  # last.pt keeps the published one; the other is freed
-                slot.unlink(missing_ok=True)
+        if self.local_artifacts is not None and self.slots:
+            for name in (*self.slots, self.link):  # last.pt keeps the published slot; the other is freed
+                name.unlink(missing_ok=True)
         if self.error is not None:
             raise self.error
 

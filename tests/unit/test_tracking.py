@@ -139,6 +139,40 @@ def test_a_resumed_recorder_does_not_write_into_the_slot_its_killed_process_publ
         assert torch.load(_last_checkpoint(run), weights_only=True)["epoch"] == 1
 
 
+def test_a_store_elsewhere_gets_every_checkpoint_uploaded(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder_module, "SMALL_CHECKPOINT", -1)
+    uploaded = []
+    monkeypatch.setattr(
+        MlflowClient, "log_artifact", lambda self, run_id, path, folder=None: uploaded.append(torch.load(path, weights_only=True)["epoch"])
+    )
+    remote = mlflow.create_experiment("remote-artifacts", artifact_location="s3://bucket/artifacts")
+    with mlflow.start_run(experiment_id=remote):
+        recorder = tracking.EpochRecorder(tmp_path, min_interval=0)
+        for epoch in (1, 2, 3):
+            recorder(Stats(epoch), None, lambda epoch=epoch: {"epoch": epoch}).result()
+            deadline = time.monotonic() + 10
+            while len(uploaded) < epoch and time.monotonic() < deadline:
+                time.sleep(0.01)
+        recorder.close()
+    assert uploaded == [1, 2, 3]
+
+
+def test_without_hard_links_each_checkpoint_still_becomes_last_pt(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(recorder_module, "SMALL_CHECKPOINT", -1)
+
+    def no_links(*_):
+        raise OSError("operation not permitted")
+
+    monkeypatch.setattr(recorder_module.os, "link", no_links)
+    with tracking.step_run("train", "resnet18", "finetune") as run:
+        recorder = tracking.EpochRecorder(tmp_path, min_interval=0)
+        for epoch in (1, 2, 3):
+            recorder(Stats(epoch), None, lambda epoch=epoch: {"epoch": epoch}).result()
+            _wait_until_published(run, epoch)
+        recorder.close()
+    assert not list(_last_checkpoint(run).parents[2].glob("last.pt.*"))
+
+
 def test_a_resumed_run_does_not_log_an_epoch_twice(store, tmp_path):
     with tracking.step_run("train", "resnet18", "frozen") as run:
         first = tracking.EpochRecorder()
