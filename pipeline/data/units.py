@@ -92,7 +92,7 @@ def near_duplicate_index_pairs(bits: np.ndarray, max_bits: int = NEAR_DUPLICATE_
         if int((sizes * (sizes - 1) // 2).sum()) > budget // 4:  # hashes too alike to index: compare all
             return _all_pairs(bits, max_bits)
         # Every pair within a bucket, by offset: position k pairs with k + d while both lie in one
-        # bucket (one array operation per offset, not one per bucket: 10^3 buckets of two or three).
+        # bucket: one array operation per offset, not one per bucket (kermany-2400 has thousands of small ones).
         bucket = np.repeat(np.arange(len(sizes)), sizes)
         for d in range(1, int(sizes.max())):
             k = np.flatnonzero(bucket[:-d] == bucket[d:])

@@ -45,8 +45,8 @@ class EpochRecorder:
         # checkpoints/); any other through MLflow's upload.
         self.local_artifacts = Path(parsed.path) if parsed.scheme in ("", "file") else None
         # Checkpoints are written into two slot files in turn, each rewritten in place: a 300 MB
-        # file's pages are reused, not freed and allocated again (68 ms a write on this machine's
-        # disk instead of 250 ms for a new file renamed over the old). checkpoints/last.pt is a
+        # file's pages are reused, not freed and allocated again as when a new file is renamed
+        # over the old (the write's time: benchmarks/RESULTS.md). checkpoints/last.pt is a
         # hard link to the slot last published, so the slot being written is never the one a
         # resume would read: a kill -9 mid-write loses one epoch, not the checkpoint. Slots live
         # beside the artifacts, not among them: a reader listing checkpoints/ sees only last.pt.
