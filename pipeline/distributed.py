@@ -174,11 +174,20 @@ def _set_environment(values: dict[str, str | None]) -> None:
 
 
 def report_error(message: str) -> bool:
-    """In a launched worker: leave the message for the launcher (rank 0's only) and say True, so
-    the worker exits without printing it; elsewhere False."""
+    """In a launched worker: leave the message for the launcher and say True, so the worker exits
+    without printing it; elsewhere False. Any rank may be the one to fail first (the agent then
+    stops the others before they reach their own error), so each writes its own file whole and
+    links it to the launcher's name: the first message to arrive is the one said."""
     if ERROR_FILE not in os.environ or "RANK" not in os.environ:
         return False
-    if os.environ["RANK"] == "0":
-        with open(os.environ[ERROR_FILE], "w") as f:
-            f.write(message)
+    target = os.environ[ERROR_FILE]
+    mine = f"{target}.{os.environ['RANK']}"
+    with open(mine, "w") as f:
+        f.write(message)
+    try:
+        os.link(mine, target)
+    except FileExistsError:
+        pass
+    except OSError:  # a file system without hard links: the last message, still whole
+        os.replace(mine, target)
     return True

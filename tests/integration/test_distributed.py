@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, make_dataset, mlflow_run, pipeline_cli, runs_of
 from mlflow.tracking import MlflowClient
 
-from pipeline.distributed import World
+from pipeline.distributed import ERROR_FILE, World, report_error
 from pipeline.tracking import EPOCH_METRICS
 
 # Two processes sum the same numbers in another order: float32 rounding, nothing more.
@@ -120,3 +120,18 @@ def test_a_world_of_one_is_the_plain_process():
     assert not world.distributed and world.sum([1.0, 2.0]) == [1.0, 2.0]
     assert torch.equal(world.shard(torch.arange(5)), torch.arange(5))
     assert World(1, 2).shard(torch.arange(5)).tolist() == [1, 3]
+
+
+def test_the_first_rank_to_fail_is_the_one_said_whichever_it_is(tmp_path, monkeypatch):
+    # The agent stops the other workers once one exits, so rank 0 may never reach its own error.
+    monkeypatch.setenv(ERROR_FILE, str(tmp_path / "error"))
+    monkeypatch.setenv("RANK", "1")
+    assert report_error("rank 1 failed first")
+    monkeypatch.setenv("RANK", "0")
+    assert report_error("rank 0 failed later")
+    assert (tmp_path / "error").read_text() == "rank 1 failed first"
+
+
+def test_outside_a_launched_worker_the_error_is_printed_here(monkeypatch):
+    monkeypatch.delenv(ERROR_FILE, raising=False)
+    assert not report_error("said by this process")
