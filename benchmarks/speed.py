@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from large import generate  # noqa: E402
 from run import KERMANY, Bench, machine, timed, tracking_overhead  # noqa: E402
 
+from pipeline import tracking  # noqa: E402
 from pipeline.analysis.uncertainty import mcnemar_exact, proportion_interval  # noqa: E402
 from pipeline.data import Preparation, prepare_dataset  # noqa: E402
 from pipeline.data import cache as data_cache  # noqa: E402
@@ -52,7 +53,7 @@ from pipeline.engine.loop import predict_proba, train_classifier  # noqa: E402
 from pipeline.engine.setup import setup_training  # noqa: E402
 from pipeline.models import build_classifier, parameter_groups, resolve_weights  # noqa: E402
 from pipeline.settings import DataConfig, FitConfig, ModelConfig  # noqa: E402
-from pipeline.tracking import EPOCH_METRICS  # noqa: E402
+from pipeline.tracking import recorder  # noqa: E402
 
 # -- 1. prepare ----------------------------------------------------------------------------------
 
@@ -68,8 +69,8 @@ def _plain_pil(job: tuple[list[str], int]) -> int:
 REPEATS = 3  # prepare's runs last about a second, where one run's noise is +-30 %: the median of three
 
 
-def pil_rate(files: list[str], size: int, workers: int) -> float:
-    """The plain loop's images per second on these cores (its pool started and warmed first)."""
+def pil_rates(files: list[str], size: int, workers: int) -> list[float]:
+    """The plain loop's images per second on these cores, `REPEATS` times (its pool started and warmed first)."""
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_plain_pil, [(files[:8], size)] * workers))
         rates = []
@@ -77,7 +78,7 @@ def pil_rate(files: list[str], size: int, workers: int) -> float:
             start = time.perf_counter()
             list(pool.map(_plain_pil, [(files[k::workers], size) for k in range(workers)]))
             rates.append(len(files) / (time.perf_counter() - start))
-        return statistics.median(rates)
+        return rates
 
 
 def prepared(data_dir: str, size: int, cache: Path, full_decode: bool = False):
@@ -104,12 +105,12 @@ def fidelity(fast, full) -> dict:
 
 def prepare_row(name: str, data_dir: str, size: int, work: Path, workers: int) -> dict:
     files = sorted(str(p) for p in Path(data_dir).rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-    plain = pil_rate(files, size, workers)
+    plain = pil_rates(files, size, workers)
     runs = []
     for _ in range(REPEATS):  # each a cold start: a new cache
         shutil.rmtree(work / f"cache-{name}-{size}", ignore_errors=True)
         runs.append(prepared(data_dir, size, work / f"cache-{name}-{size}"))
-    seconds, fast = statistics.median(r[0] for r in runs), runs[-1][1]
+    seconds, fast = [r[0] for r in runs], runs[-1][1]
     shutil.rmtree(work / f"cache-{name}-{size}-full", ignore_errors=True)
     _, full = prepared(data_dir, size, work / f"cache-{name}-{size}-full", full_decode=True)
     return {
@@ -118,9 +119,11 @@ def prepare_row(name: str, data_dir: str, size: int, work: Path, workers: int) -
         "n": len(files),
         "stored": sorted({Image.open(f).size[0] for f in files[::50]}),  # widths, a sample
         "costs": cost_per_image(files, size),
-        "plain_img_s": plain,
-        "prepare_img_s": len(files) / seconds,
-        "prepare_s": seconds,
+        "plain_img_s": statistics.median(plain),
+        "prepare_img_s": len(files) / statistics.median(seconds),
+        "prepare_s": statistics.median(seconds),
+        # the ratio's range over the runs: the slowest prepare against the fastest loop, and back
+        "ratio_range": (len(files) / max(seconds) / max(plain), len(files) / min(seconds) / min(plain)),
         "fidelity": fidelity(fast, full),
         "full": full,
         "fast": fast,
@@ -166,9 +169,7 @@ class WriteClock:
         self.cpu: list[float] = []
 
     def __enter__(self) -> WriteClock:
-        from pipeline.tracking import recorder
-
-        self.module, self.original = recorder, recorder._write_in_place
+        self.original = recorder._write_in_place
 
         def clocked(checkpoint, path):
             wall, cpu = time.perf_counter(), time.thread_time()
@@ -180,7 +181,7 @@ class WriteClock:
         return self
 
     def __exit__(self, *_) -> None:
-        self.module._write_in_place = self.original
+        recorder._write_in_place = self.original
 
     def summary(self) -> dict:
         return {"write_ms": 1000 * statistics.median(self.wall), "write_cpu_ms": 1000 * statistics.median(self.cpu)} if self.wall else {}
@@ -189,23 +190,21 @@ class WriteClock:
 def measured_tracking(bench: Bench, backbone: str, frozen: bool, epochs: int, images: int | None, repeats: int) -> dict:
     with WriteClock() as clock:
         overhead = tracking_overhead(bench, backbone, frozen, epochs, images, repeats)
-    return {**overhead, **clock.summary()}
+    return {**overhead, **clock.summary(), "images": images, "image_size": bench.image_size}
 
 
-def metrics_transaction_ms(epochs: int = 10, repeats: int = 7) -> float:
+def metrics_transaction(epochs: int = 10, repeats: int = 7) -> dict:
     """One tracking-store transaction holding a run's epoch metrics (as the recorder stores a
     frozen run's, all at once): the floor under any tracked run, whatever the checkpoint."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
-
-    from pipeline import tracking
 
     client, seconds = MlflowClient(), []
     with tracking.step_run("train", "resnet50", "frozen", name="metrics-transaction") as run:
         for k in range(repeats):
             metrics = [Metric(name, 0.5, 0, k * epochs + e) for e in range(epochs) for name in tracking.EPOCH_METRICS]
             seconds.append(timed(lambda metrics=metrics: client.log_batch(run.info.run_id, metrics=metrics))[0])
-    return 1000 * statistics.median(seconds)
+    return {"ms": 1000 * statistics.median(seconds), "epochs": epochs, "metrics": epochs * len(tracking.EPOCH_METRICS), "repeats": repeats}
 
 
 # -- 3. precision --------------------------------------------------------------------------------
@@ -344,7 +343,7 @@ def main() -> None:
         ("resnet50", "frozen"): measured_tracking(bench, "resnet50", True, 10, None, 15),
         ("efficientnet_b0", "frozen"): measured_tracking(bench, "efficientnet_b0", True, 10, None, 15),
     }
-    r["metrics_transaction_ms"] = metrics_transaction_ms()
+    r["metrics_transaction"] = metrics_transaction()
 
     print("3/4 precision ...", flush=True)
     bf16 = pick_device(args.device).type == "cuda" or cpu_has_bf16()
@@ -373,11 +372,12 @@ def main() -> None:
 def render(r: dict, command: str, seconds: float, device_setting: str) -> str:
     rows = []
     for p in r["prepare"]:
-        ratio = p["prepare_img_s"] / p["plain_img_s"]
+        ratio, (low, high) = p["prepare_img_s"] / p["plain_img_s"], p["ratio_range"]
+        widths = str(p["stored"][0]) if len(p["stored"]) == 1 else f"{p['stored'][0]}-{p['stored'][-1]}"
         rows.append(
             (
-                f"prepare {p['name']} ({p['n']:,} images, stored {'-'.join(map(str, p['stored'][:: max(len(p['stored']) - 1, 1)]))} px wide) at {p['size']} px: images per second / the plain PIL loop (open, convert to L, resize) on the same {os.cpu_count()} cores",
-                f"{ratio:.2f} ({p['prepare_img_s']:.0f} vs {p['plain_img_s']:.0f} img/s; {p['prepare_s']:.1f} s); grey levels against a full decode + resize: mean {p['fidelity']['mean']:.3f}, largest {p['fidelity']['max']}",
+                f"prepare {p['name']} ({p['n']:,} images, stored {widths} px wide) at {p['size']} px: images per second / the plain PIL loop (open, convert to L, resize) on the same {os.cpu_count()} cores",
+                f"{ratio:.2f}, {low:.2f} to {high:.2f} over {REPEATS} runs of each (medians {p['prepare_img_s']:.0f} vs {p['plain_img_s']:.0f} img/s; {p['prepare_s']:.1f} s); grey levels against a full decode + resize: mean {p['fidelity']['mean']:.3f}, largest {p['fidelity']['max']}",
                 ">= 1.5",
                 "met" if ratio >= 1.5 else "NOT met",
             )
@@ -429,13 +429,14 @@ def render(r: dict, command: str, seconds: float, device_setting: str) -> str:
                 f"- tracking, {backbone} fine-tune: each checkpoint ({o['checkpoint_mb']:.0f} MB) costs the run {per_epoch:.0f} ms, its write "
                 f"{o['write_cpu_ms']:.0f} ms of CPU: training's threads fill the {os.cpu_count()} cores, so the writer's time is taken from them "
                 f"(and they wait for each other at every operator while one is preempted); per epoch that is 2 % of an epoch of "
-                f"{per_epoch / 20:.0f} s or more, where this benchmark's are {o['epoch_s']:.1f} s (320 images at 64 px)"
+                f"{per_epoch / 20:.0f} s or more, where this benchmark's are {o['epoch_s']:.1f} s ({o['images']} images at {o['image_size']} px)"
             )
-    floor = r["metrics_transaction_ms"]
+    t = r["metrics_transaction"]
+    floor = t["ms"]
     frozen_run_s = min(o["run_s"] for (_, kind), o in r["tracking"].items() if kind == "frozen")
     costs.append(
-        f"- tracking's floor: one transaction storing a 10-epoch run's {10 * len(EPOCH_METRICS)} metrics in the SQLite store takes {floor:.1f} ms "
-        f"(median of 7), {100 * floor / 1000 / frozen_run_s:.1f} % of a {frozen_run_s:.2f} s frozen run by itself"
+        f"- tracking's floor: one transaction storing a {t['epochs']}-epoch run's {t['metrics']} metrics in the SQLite store takes {floor:.1f} ms "
+        f"(median of {t['repeats']}), {100 * floor / 1000 / frozen_run_s:.1f} % of a {frozen_run_s:.2f} s frozen run by itself"
         + (
             ": at that length storing the metrics durably alone exceeds the 2 % target, whatever the checkpoint"
             if floor / 1000 / frozen_run_s > 0.02

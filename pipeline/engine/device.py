@@ -52,7 +52,7 @@ def pick_device(setting: str, num_threads: int = 0, precision: str = "auto") -> 
         if precision == "bf16":
             raise UserError("precision=bf16 is for CUDA and for CPUs with bfloat16 instructions; on mps pass precision=auto or fp32")
         return Device(torch.device("mps"))
-    if precision == "auto" and cpu_has_bf16():  # 1.7-2.6 x the images per second, accuracy within its interval (benchmarks/RESULTS.md)
+    if precision == "auto" and cpu_has_bf16():  # 1.3-2.4 x the images per second, accuracy within its interval (benchmarks/RESULTS.md)
         return Device(torch.device("cpu"), torch.bfloat16)
     if precision == "bf16":
         if not cpu_has_bf16():

@@ -55,7 +55,7 @@ class EpochRecorder:
         if checkpoint_dir is not None:
             folder = self.local_artifacts.parent if self.local_artifacts else checkpoint_dir
             self.slots = [folder / "last.pt.a", folder / "last.pt.b"] if self.local_artifacts else [folder / "last.pt"]
-            self.link = folder / "last.pt.link"  # a slot's second name, until it is renamed to last.pt
+        self.link = self.slots[0].with_name("last.pt.link") if self.slots else None  # a slot's second name, until renamed to last.pt
         # the slot checkpoints/last.pt is: in a resumed run, perhaps one its killed process wrote
         last = self.local_artifacts / "checkpoints" / "last.pt" if self.local_artifacts else None
         self.published = next((s for s in self.slots if last and last.exists() and s.exists() and os.path.samefile(s, last)), None)

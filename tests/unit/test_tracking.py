@@ -86,13 +86,18 @@ def _last_checkpoint(run) -> Path:
     return Path(urlparse(run.info.artifact_uri).path) / "checkpoints" / "last.pt"
 
 
-def _wait_until_published(run, epoch: int) -> None:
+def _wait_for(done, what: str) -> None:
+    """The recorder's thread stores after the write training waits for: poll for it."""
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if _last_checkpoint(run).exists() and torch.load(_last_checkpoint(run), weights_only=True)["epoch"] == epoch:
-            return
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within 10 s")
         time.sleep(0.01)
-    raise AssertionError(f"epoch {epoch}'s checkpoint was not published within 10 s")
+
+
+def _wait_until_published(run, epoch: int) -> None:
+    last = _last_checkpoint(run)
+    _wait_for(lambda: last.exists() and torch.load(last, weights_only=True)["epoch"] == epoch, f"epoch {epoch}'s checkpoint published")
 
 
 def test_checkpoints_alternate_between_two_slots_and_the_one_published_is_never_rewritten(store, tmp_path, monkeypatch):
@@ -150,9 +155,7 @@ def test_a_store_elsewhere_gets_every_checkpoint_uploaded(store, tmp_path, monke
         recorder = tracking.EpochRecorder(tmp_path, min_interval=0)
         for epoch in (1, 2, 3):
             recorder(Stats(epoch), None, lambda epoch=epoch: {"epoch": epoch}).result()
-            deadline = time.monotonic() + 10
-            while len(uploaded) < epoch and time.monotonic() < deadline:
-                time.sleep(0.01)
+            _wait_for(lambda epoch=epoch: len(uploaded) >= epoch, f"epoch {epoch}'s checkpoint uploaded")
         recorder.close()
     assert uploaded == [1, 2, 3]
 
