@@ -56,7 +56,7 @@ CONFIG_FILE = "cxr_transfer.json"
 DEFAULT_MAX_REQUEST_IMAGES = 128
 LIMIT_VARIABLES = {"max_image_pixels": "CXR_MAX_IMAGE_PIXELS", "max_request_images": "CXR_MAX_REQUEST_IMAGES"}
 PACKAGE_DIR = Path(__file__).resolve().parent
-REQUIREMENTS = ("torch", "torchvision", "mlflow", "pillow", "numpy", "pandas", "tqdm", "scikit-learn", "matplotlib")
+REQUIREMENTS = ("torch", "torchvision", "mlflow", "pillow", "simplejpeg", "xxhash", "numpy", "pandas", "tqdm", "scikit-learn", "matplotlib")
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,19 @@ needs the decoded pixels to keep duplicates together), plus every file it chose 
 
 from __future__ import annotations
 
-import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import xxhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from pipeline.data.dicom import is_dicom, read_dicom
+from pipeline.data.jpeg import read_jpeg
 from pipeline.data.unreadable import UnreadableImage, check_pixels
 from pipeline.errors import UserError
 from pipeline.settings import DEFAULT_MAX_IMAGE_PIXELS
@@ -125,13 +127,16 @@ def read_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, at_least
     them, it does not fail the run (or the request) around them.
 
     `at_least`: the pixels are to be shrunk to this size, so a JPEG is decoded at the smallest
-    of 1/2, 1/4, 1/8 scale that keeps both sides at least this long, and its luma alone (libjpeg's
-    DCT scaling, Pillow's `draft`): a 2,000 px radiograph read for 224 px decodes a sixteenth of
-    its pixels. The grey levels differ from a full decode and resize by about one level
-    (benchmarks/RESULTS.md); training, evaluation and serving all read this way."""
+    M/8 scale that keeps both sides at least this long, and its luma alone (`jpeg.py`; Pillow's
+    `draft` at 1/2, 1/4 or 1/8 for the files that path hands back): a 2,000 px radiograph read for
+    224 px decodes a sixty-fourth of its pixels. The grey levels differ from a full decode and
+    resize by about one level (benchmarks/RESULTS.md); training, evaluation and serving all read
+    this way."""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
     try:
+        if (jpeg := read_jpeg(data, max_pixels, at_least)) is not None:
+            return Grey(*jpeg)
         if is_dicom(data):
             pixels, mode = read_dicom(data, max_pixels)
             return Grey(pixels, mode, (pixels.shape[1], pixels.shape[0]))
@@ -170,17 +175,21 @@ def array_to_grey(array: np.ndarray) -> Grey:
     return Grey(*to_grey(Image.fromarray(array.astype(np.float32))), size)
 
 
+# The two identities below are hashed with XXH3 (64 bits): they tell images apart, they guard
+# nothing, and SHA-256 cost a 224 px image a sixth of its preparation (benchmarks/RESULTS.md).
+
+
 def pixel_hash(grey: np.ndarray) -> str:
     """Identity of the decoded pixels: the same picture saved twice, or re-encoded losslessly,
     hashes the same."""
-    digest = hashlib.sha256(str(grey.shape).encode())
-    digest.update(np.ascontiguousarray(grey).tobytes())
-    return digest.hexdigest()[:16]
+    digest = xxhash.xxh3_64(str(grey.shape).encode())
+    digest.update(np.ascontiguousarray(grey))
+    return digest.hexdigest()
 
 
 def fingerprint(data: bytes) -> str:
     """Hash of an image's stored bytes: its identity in the data set's digest."""
-    return hashlib.sha256(data).hexdigest()[:16]
+    return xxhash.xxh3_64_hexdigest(data)
 
 
 def decode(image: SourceImage, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, at_least: int = 0) -> tuple[Grey | None, str | None, str]:
@@ -264,9 +273,10 @@ def _class_folders(root: Path, folder: Path, split: str, ignored: list[tuple[str
     for item in sorted(folder.iterdir()):
         if item.is_file():
             ignored.append((item.relative_to(root).as_posix(), "not inside a class folder"))
+    prefix = folder.relative_to(root).as_posix() + "/" if folder != root else ""
     for label in classes:
-        for file, reason in walk_files(folder / label):
-            rel = file.relative_to(root).as_posix()
+        for file, below, reason in walk_files(folder / label):
+            rel = f"{prefix}{label}/{below}".rstrip("/")
             if reason:
                 ignored.append((rel, reason))
             else:
@@ -284,16 +294,39 @@ def _nested_layout_hint(root: Path) -> str:
 DEAD_LINK = "a symbolic link that cannot be followed (a loop, or its target is missing)"
 
 
-def walk_files(folder: Path) -> list[tuple[Path, str | None]]:
-    """Every file below `folder`, sorted, with why it is not taken as an image (None: it is).
-    A link that leads nowhere (a loop, a missing target) is listed with that reason, never dropped."""
-    found = []
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            found.append((p, ignore_reason(p)))
-        elif p.is_symlink() and not p.exists():
-            found.append((p, DEAD_LINK))
+def walk_files(folder: Path) -> list[tuple[Path, str, str | None]]:
+    """Every file below `folder` in path order: (path, its name below `folder` with '/', why it is
+    not taken as an image or None). A link that leads nowhere (a loop, a missing target) and a
+    folder that cannot be read are listed with that reason, never dropped. A linked folder below
+    `folder` is not followed (a link to a parent would loop). One directory read per folder,
+    whose entries know their own type: no system call a file (the listing's time: RESULTS.md)."""
+    found: list[tuple[Path, str, str | None]] = []
+
+    def visit(directory: Path, below: str) -> None:
+        try:
+            with os.scandir(directory) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as e:
+            found.append((directory, below.rstrip("/"), f"a folder that cannot be read: {e.strerror or type(e).__name__}"))
+            return
+        for entry in entries:
+            path, name = directory / entry.name, below + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                visit(path, name + "/")
+            elif _is_file(entry):
+                found.append((path, name, ignore_reason(path)))
+            elif entry.is_symlink() and not path.exists():
+                found.append((path, name, DEAD_LINK))
+
+    visit(folder, "")
     return found
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:  # a link loop (ELOOP): not a file, and listed as a dead link
+        return False
 
 
 def ignore_reason(file: Path) -> str | None:

@@ -49,8 +49,8 @@ def input_files(location: str) -> tuple[list[Path], list[tuple[Path, str]]]:
     if path.is_file():
         return [path], []
     found = walk_files(path)
-    files = [p for p, reason in found if reason is None]
-    ignored = [(p, reason) for p, reason in found if reason is not None]
+    files = [p for p, _, reason in found if reason is None]
+    ignored = [(p, reason) for p, _, reason in found if reason is not None]
     if not files:
         raise UserError(
             f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {location}" + (f" ({len(ignored)} other files)" if ignored else "")

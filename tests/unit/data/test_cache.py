@@ -51,6 +51,31 @@ def test_entry_holds_every_readable_image_and_lists_the_rest(tmp_path, workers):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".building")]
 
 
+def test_every_process_count_decodes_every_image_once_and_alike(tmp_path):
+    """This process and the pool share the runs (each run taken by one of them): the rows and
+    what is known of each image are the same whatever the number of processes."""
+    from PIL import Image
+
+    data = make_dataset(tmp_path / "d", {"train": 50, "val": 2, "test": 2}, size=40)
+    for k, png in enumerate(sorted((data / "train").rglob("*.png"))[:30]):  # JPEGs too, grey and colour, one with EXIF
+        img = Image.open(png)
+        img = img.convert("RGB") if k % 2 else img
+        exif = Image.Exif()
+        exif[0x0112] = 1
+        img.save(png.with_suffix(".jpeg"), quality=90, **({"exif": exif.tobytes()} if k == 3 else {}))
+        png.unlink()
+    images = list_folder(data).images
+    decoded = [decode_images(images, 24, workers, tmp_path / f"s{workers}") for workers in (1, 2, 3)]
+    try:
+        pixels = [np.load(d.path) for d in decoded]
+        assert len(decoded[0].meta) == len(images) == 108 and all(d.meta == decoded[0].meta for d in decoded)
+        assert all(np.array_equal(p, pixels[0]) for p in pixels) and all(p.reshape(108, -1).any(axis=1).all() for p in pixels)
+        assert {m[0][2] for m in decoded[0].meta} == {"L", "RGB"}
+    finally:
+        for d in decoded:
+            d.discard()
+
+
 def test_a_second_entry_with_the_same_key_keeps_the_first(tmp_path, monkeypatch):
     data = make_dataset(tmp_path / "d", {"train": 2, "val": 2, "test": 2}, size=32)
     listing = list_folder(data)

@@ -23,7 +23,7 @@ def test_second_prepare_reuses_the_cache_without_decoding(tmp_path, monkeypatch)
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(cache_module, "_decode_into", no_decoding)
+    monkeypatch.setattr(cache_module, "_decode_run", no_decoding)
     second = prepare_dataset(config)
     assert second.cache_reused and second.dataset == first.dataset and second.report == first.report
 

@@ -46,13 +46,42 @@ def test_a_large_jpeg_read_for_a_small_size_decodes_at_reduced_scale_and_keeps_i
     data = encode(Image.merge("RGB", [Image.fromarray(picture)] * 3), "JPEG", quality=90)
     full, mode, stored = read_image(data)
     reduced, reduced_mode, reduced_stored = read_image(data, at_least=224)
-    assert full.shape == (768, 1024) and reduced.shape == (384, 512)  # DCT scaling by 1/2: 384 >= 224
+    assert full.shape == (768, 1024) and reduced.shape == (288, 384)  # DCT scaling by 3/8: 288 >= 224
     assert (mode, stored) == (reduced_mode, reduced_stored) == ("RGB", (1024, 768))  # as stored, not as read
     assert read_image(data, at_least=96).pixels.shape == (96, 128)  # 1/8: the shorter side just reaches 96
     difference = np.abs(resize_square(full, 224).astype(int) - resize_square(reduced, 224).astype(int))
     assert difference.mean() < 0.5 and difference.max() <= 2
     png = encode(Image.fromarray(picture), "PNG")  # not a JPEG: decoded whole, whatever the size asked
     assert read_image(png, at_least=224).pixels.shape == (768, 1024)
+
+
+def test_a_jpeg_decoded_by_libjpeg_turbo_equals_pillows_reduced_decode_where_both_reach_the_scale():
+    from pipeline.data.jpeg import read_jpeg
+    from pipeline.data.synthetic import radiograph
+
+    picture = np.asarray(Image.fromarray(radiograph(np.random.default_rng(1), 256, False)).resize((1024, 768)))
+    for stored in (Image.fromarray(picture), Image.merge("RGB", [Image.fromarray(picture)] * 3)):  # grey and YCbCr files
+        data = encode(stored, "JPEG", quality=90)
+        fast, mode, size = read_jpeg(data, 10**8, 384)  # 1/2, a scale Pillow's draft has too
+        with Image.open(io.BytesIO(data)) as img:
+            img.draft("L", (384, 384))
+            assert np.array_equal(fast, np.asarray(img.convert("L"))) and (mode, size) == (stored.mode, (1024, 768))
+
+
+def test_jpegs_the_fast_path_does_not_cover_are_read_by_pillow(gradient):
+    from pipeline.data.jpeg import read_jpeg
+
+    grey = Image.fromarray(gradient, "L")
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    cmyk = encode(Image.merge("RGB", [grey] * 3).convert("CMYK"), "JPEG", quality=100)
+    for data in (encode(grey, "JPEG", exif=exif.tobytes()), cmyk, encode(grey, "JPEG")[:300], b"\xff\xd8\xff\xe0\x00"):
+        assert read_jpeg(data, 10**8, 0) is None  # an orientation to apply, Adobe CMYK, a cut file, a header cut short
+    pixels, mode, _ = read_image(cmyk)
+    assert mode == "CMYK" and np.abs(pixels.astype(int) - gradient).max() <= 3
+    assert read_jpeg(encode(grey, "JPEG", quality=100), 10**8, 0)[0].shape == gradient.shape
+    with pytest.raises(UnreadableImage, match="max_image_pixels"):
+        read_jpeg(encode(grey, "JPEG"), 599, 0)  # 30 x 20 = 600 px: refused from the header
 
 
 def test_sixteen_bit_is_stretched_to_full_range(gradient):
@@ -103,6 +132,25 @@ def test_folder_listing_ignores_and_counts_non_images(tiny_dataset):
     assert listing.classes == ["NORMAL", "PNEUMONIA"]
     assert len(listing.images) == 2 * (10 + 4 + 4)
     assert {i.split for i in listing.images} == {"train", "val", "test"}
+
+
+def test_a_folder_that_cannot_be_read_is_listed_with_its_reason_and_the_rest_listed(tiny_dataset, monkeypatch):
+    import os
+
+    locked = tiny_dataset / "train" / "NORMAL" / "locked"
+    locked.mkdir()
+    (locked / "a.png").write_bytes(b"")
+    scandir = os.scandir
+
+    def refuse(path):  # root reads every folder: the refusal a user's unreadable folder gives
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return scandir(path)
+
+    monkeypatch.setattr("pipeline.data.sources.os.scandir", refuse)
+    listing = list_folder(tiny_dataset)
+    assert dict(listing.ignored)["train/NORMAL/locked"] == "a folder that cannot be read: Permission denied"
+    assert len(listing.images) == 2 * (10 + 4 + 4)
 
 
 def test_layout_errors_say_what_was_found(tmp_path):
