@@ -20,6 +20,7 @@ measured side by side in this one run, which adds its section to RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -66,19 +67,43 @@ def _plain_pil(job: tuple[list[str], int]) -> int:
     return len(files)
 
 
-REPEATS = 3  # prepare's runs last about a second, where one run's noise is +-30 %: the median of three
+REPEATS = 5  # prepare runs for about a second, and this machine's speed drifts from one second to the next: alternated pairs, their median
 
 
-def pil_rates(files: list[str], size: int, workers: int) -> list[float]:
-    """The plain loop's images per second on these cores, `REPEATS` times (its pool started and warmed first)."""
+def prepare_row(name: str, data_dir: str, size: int, work: Path, workers: int) -> dict:
+    """The plain loop and prepare (cold: a new cache each time) alternated `REPEATS` times, so
+    that a drift of the machine's speed reaches both sides of a pair alike; the loop's pool is
+    started and warmed before its clock."""
+    files = sorted(str(p) for p in Path(data_dir).rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    cache = work / f"cache-{name}-{size}"
+    plain, seconds, fast = [], [], None
     with ProcessPoolExecutor(workers) as pool:
         list(pool.map(_plain_pil, [(files[:8], size)] * workers))
-        rates = []
         for _ in range(REPEATS):
             start = time.perf_counter()
             list(pool.map(_plain_pil, [(files[k::workers], size) for k in range(workers)]))
-            rates.append(len(files) / (time.perf_counter() - start))
-        return rates
+            plain.append(time.perf_counter() - start)
+            shutil.rmtree(cache, ignore_errors=True)
+            took, fast = prepared(data_dir, size, cache)
+            seconds.append(took)
+    shutil.rmtree(f"{cache}-full", ignore_errors=True)
+    _, full = prepared(data_dir, size, Path(f"{cache}-full"), full_decode=True)
+    ratios = sorted(p / s for p, s in zip(plain, seconds))
+    return {
+        "name": name,
+        "size": size,
+        "n": len(files),
+        "stored": sorted({Image.open(f).size[0] for f in files[::50]}),  # widths, a sample
+        "costs": cost_per_image(files, size),
+        "plain_img_s": len(files) / statistics.median(plain),
+        "prepare_img_s": len(files) / statistics.median(seconds),
+        "prepare_s": statistics.median(seconds),
+        "ratio": statistics.median(ratios),
+        "ratio_range": (ratios[0], ratios[-1]),
+        "fidelity": fidelity(fast, full),
+        "full": full,
+        "fast": fast,
+    }
 
 
 def prepared(data_dir: str, size: int, cache: Path, full_decode: bool = False):
@@ -103,35 +128,16 @@ def fidelity(fast, full) -> dict:
     return {"mean": float(np.mean(np.concatenate([d.ravel() for d in diffs]))), "max": int(max(d.max() for d in diffs))}
 
 
-def prepare_row(name: str, data_dir: str, size: int, work: Path, workers: int) -> dict:
-    files = sorted(str(p) for p in Path(data_dir).rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-    plain = pil_rates(files, size, workers)
-    runs = []
-    for _ in range(REPEATS):  # each a cold start: a new cache
-        shutil.rmtree(work / f"cache-{name}-{size}", ignore_errors=True)
-        runs.append(prepared(data_dir, size, work / f"cache-{name}-{size}"))
-    seconds, fast = [r[0] for r in runs], runs[-1][1]
-    shutil.rmtree(work / f"cache-{name}-{size}-full", ignore_errors=True)
-    _, full = prepared(data_dir, size, work / f"cache-{name}-{size}-full", full_decode=True)
-    return {
-        "name": name,
-        "size": size,
-        "n": len(files),
-        "stored": sorted({Image.open(f).size[0] for f in files[::50]}),  # widths, a sample
-        "costs": cost_per_image(files, size),
-        "plain_img_s": statistics.median(plain),
-        "prepare_img_s": len(files) / statistics.median(seconds),
-        "prepare_s": statistics.median(seconds),
-        # the ratio's range over the runs: the slowest prepare against the fastest loop, and back
-        "ratio_range": (len(files) / max(seconds) / max(plain), len(files) / min(seconds) / min(plain)),
-        "fidelity": fidelity(fast, full),
-        "full": full,
-        "fast": fast,
-    }
+def _pillow_reduced(data: bytes, size: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft("L", (size, size))
+        return np.asarray(img.convert("L"))
 
 
 def cost_per_image(files: list[str], size: int) -> dict[str, float]:
-    """Microseconds an image of each part of prepare's work, one process, on a sample."""
+    """Microseconds an image of each part of prepare's work, one process, on a sample; beside
+    them what the same part cost done the libraries' plain way (Pillow's reduced decode,
+    SHA-256), which prepare replaced."""
     from pipeline.data.sources import fingerprint, pixel_hash, read_image
     from pipeline.data.units import perceptual_hash
 
@@ -143,8 +149,14 @@ def cost_per_image(files: list[str], size: int) -> dict[str, float]:
         "decode": lambda: [read_image(d, at_least=size) for d in data],
         "resize": lambda: [data_cache.resize_square(g, size) for g in grey],
         "hashes": lambda: ([fingerprint(d) for d in data], [pixel_hash(g) for g in grey], [perceptual_hash(x) for x in small]),
+        "pillow decode": lambda: [_pillow_reduced(d, size) for d in data],
+        "sha256 hashes": lambda: (
+            [hashlib.sha256(d).digest() for d in data],
+            [hashlib.sha256(g).digest() for g in grey],
+            [perceptual_hash(x) for x in small],
+        ),
     }
-    return {name: 1e6 * min(timed(fn)[0] for _ in range(REPEATS)) / len(data) for name, fn in parts.items()}
+    return {name: 1e6 * min(timed(fn)[0] for _ in range(3)) / len(data) for name, fn in parts.items()}
 
 
 def accuracy_on(data, backbone: str, size: int, device: str, split: str) -> np.ndarray:
@@ -169,19 +181,19 @@ class WriteClock:
         self.cpu: list[float] = []
 
     def __enter__(self) -> WriteClock:
-        self.original = recorder._write_in_place
+        self.original = recorder.write_checkpoint
 
-        def clocked(checkpoint, path):
+        def clocked(checkpoint, path, buffer):
             wall, cpu = time.perf_counter(), time.thread_time()
-            self.original(checkpoint, path)
+            self.original(checkpoint, path, buffer)
             self.wall.append(time.perf_counter() - wall)
             self.cpu.append(time.thread_time() - cpu)
 
-        recorder._write_in_place = clocked
+        recorder.write_checkpoint = clocked
         return self
 
     def __exit__(self, *_) -> None:
-        recorder._write_in_place = self.original
+        recorder.write_checkpoint = self.original
 
     def summary(self) -> dict:
         return {"write_ms": 1000 * statistics.median(self.wall), "write_cpu_ms": 1000 * statistics.median(self.cpu)} if self.wall else {}
@@ -372,12 +384,12 @@ def main() -> None:
 def render(r: dict, command: str, seconds: float, device_setting: str) -> str:
     rows = []
     for p in r["prepare"]:
-        ratio, (low, high) = p["prepare_img_s"] / p["plain_img_s"], p["ratio_range"]
+        ratio, (low, high) = p["ratio"], p["ratio_range"]
         widths = str(p["stored"][0]) if len(p["stored"]) == 1 else f"{p['stored'][0]}-{p['stored'][-1]}"
         rows.append(
             (
                 f"prepare {p['name']} ({p['n']:,} images, stored {widths} px wide) at {p['size']} px: images per second / the plain PIL loop (open, convert to L, resize) on the same {os.cpu_count()} cores",
-                f"{ratio:.2f}, {low:.2f} to {high:.2f} over {REPEATS} runs of each (medians {p['prepare_img_s']:.0f} vs {p['plain_img_s']:.0f} img/s; {p['prepare_s']:.1f} s); grey levels against a full decode + resize: mean {p['fidelity']['mean']:.3f}, largest {p['fidelity']['max']}",
+                f"{ratio:.2f}, {low:.2f} to {high:.2f} over {REPEATS} alternated pairs (medians {p['prepare_img_s']:.0f} vs {p['plain_img_s']:.0f} img/s; {p['prepare_s']:.2f} s); grey levels against a full decode + resize: mean {p['fidelity']['mean']:.3f}, largest {p['fidelity']['max']}",
                 ">= 1.5",
                 "met" if ratio >= 1.5 else "NOT met",
             )
@@ -389,12 +401,13 @@ def render(r: dict, command: str, seconds: float, device_setting: str) -> str:
         fixed = p["prepare_s"] - p["n"] * own / 1e6 / os.cpu_count()
         costs.append(
             f"- prepare {p['name']} at {p['size']} px, microseconds an image in one process: plain loop {c['plain loop']:.0f}; prepare's decode "
-            f"{c['decode']:.0f}, resize {c['resize']:.0f}, the three hashes (file, pixels, perceptual) {c['hashes']:.0f}: {own:.0f} in all, "
-            f"{c['plain loop'] / own:.2f} x the loop's rate; the other {max(fixed, 0):.2f} s of its {p['prepare_s']:.2f} s are prepare's fixed work "
-            "(listing, starting the workers, the checks and the data report), which a set this small does not amortise"
+            f"{c['decode']:.0f} (Pillow's reduced decode {c['pillow decode']:.0f}), resize {c['resize']:.0f}, the three hashes (file, pixels, "
+            f"perceptual) {c['hashes']:.0f} (with SHA-256 {c['sha256 hashes']:.0f}): {own:.0f} in all, {c['plain loop'] / own:.2f} x the loop's rate; "
+            f"the other {max(fixed, 0):.2f} s of its {p['prepare_s']:.2f} s are prepare's fixed work (listing, starting the worker, the checks, "
+            "the entry and the data report), which a set this small does not amortise"
             + (
-                "; the files are stored at the target size, so a reduced-scale decode has nothing to skip: prepare's gain is decoding luma alone, "
-                "which the hashes the leakage check needs take back"
+                "; the files are stored at the target size, so a reduced-scale decode has nothing to skip: prepare decodes what the loop "
+                "decodes, plus the hashes the leakage check needs"
                 if p["stored"] == [p["size"]]
                 else ""
             )
@@ -484,11 +497,13 @@ def render(r: dict, command: str, seconds: float, device_setting: str) -> str:
         "",
         f"- machine: {machine()}; bf16 in hardware: {cpu_has_bf16() if device.type == 'cpu' else 'n/a'}",
         f"- command: `{command}` ({seconds / 60:.0f} min)",
-        "- prepare: a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at least the target size, luma only; "
-        "the two content hashes the leakage check needs (pixels and perceptual) are included in prepare's time, not in the plain loop's",
+        "- prepare: a JPEG is decoded by libjpeg-turbo's own API (simplejpeg) at the smallest M/8 scale that keeps both sides at least the "
+        "target size, luma only; this process and one forked worker share the runs of images; the hashes the leakage check needs (file, "
+        "pixels: XXH3; perceptual) are included in prepare's time, not in the plain loop's",
         "- tracking: the checkpoint holds the live weights and is serialised by the recorder's thread while the next epoch's first batch runs; "
         "training waits for it only at its next optimizer step; the best weights are copied on a thread of their own; checkpoints go to two "
-        "slot files in turn, each rewritten in place, and checkpoints/last.pt is a hard link to the one last finished",
+        "slot files in turn, written with O_DIRECT from one reused aligned buffer (around the page cache), and checkpoints/last.pt is a "
+        "hard link to the one last finished",
         "",
         "| measure | result | target | |",
         "|---|---|---|---|",

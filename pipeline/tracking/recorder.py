@@ -3,6 +3,7 @@ training never waits for the tracking store."""
 
 from __future__ import annotations
 
+import mmap
 import os
 import queue
 import threading
@@ -13,6 +14,8 @@ from urllib.parse import urlparse
 
 import mlflow
 from mlflow.tracking import MlflowClient
+
+from pipeline.tracking.checkpoint_file import new_buffer, write_checkpoint
 
 # A checkpoint up to this size is copied at once and written later; a larger one (a fine-tuned
 # backbone's: 65 MB for EfficientNet-B0, 280 MB for ResNet50) is written from the live tensors.
@@ -65,6 +68,7 @@ class EpochRecorder:
         # logged twice. Each batch is one transaction, so a step has all its metrics or none.
         self.logged_steps = {m.step for m in self.client.get_metric_history(self.run_id, "val_loss")}
         self.min_interval = min_interval
+        self.buffer: mmap.mmap | None = None  # for direct writes of large checkpoints, made at the first
         self.queue: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._work, name="epoch-recorder", daemon=True)
@@ -119,7 +123,11 @@ class EpochRecorder:
         try:
             if self.error is None:
                 slot = next(s for s in self.slots if s != self.published)
-                _write_in_place(checkpoint, slot)
+                # A large checkpoint goes around the page cache (checkpoint_file.py); a frozen
+                # run's head, a few kB, through it: an 8 MB buffer would cost it more than its write.
+                if self.buffer is None and serialised is not None:
+                    self.buffer = new_buffer()
+                write_checkpoint(checkpoint, slot, self.buffer if serialised is not None else None)
                 self.written = slot
             if serialised is not None:
                 serialised.set_result(None)
@@ -172,22 +180,6 @@ class EpochRecorder:
         except Exception:
             if error_type is None:
                 raise
-
-
-def _write_in_place(checkpoint: dict, path: Path) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Without the per-record CRC-32, which costs 40 % of the write on a 300 MB checkpoint;
-    # torch.load reads it as before, and publishing only a finished slot keeps it whole.
-    crc = torch.serialization.get_crc32_options()
-    torch.serialization.set_crc32_options(False)
-    try:
-        with open(path, "r+b" if path.exists() else "wb") as f:
-            torch.save(checkpoint, f)
-            f.truncate()
-    finally:
-        torch.serialization.set_crc32_options(crc)
 
 
 def _tensor_bytes(value) -> int:

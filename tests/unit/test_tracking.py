@@ -1,4 +1,7 @@
+import errno
+import io
 import json
+import mmap
 import os
 import time
 from dataclasses import dataclass
@@ -11,8 +14,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
+from pipeline.tracking import checkpoint_file, reuse
 from pipeline.tracking import recorder as recorder_module
-from pipeline.tracking import reuse
 
 
 @dataclass
@@ -103,14 +106,14 @@ def _wait_until_published(run, epoch: int) -> None:
 def test_checkpoints_alternate_between_two_slots_and_the_one_published_is_never_rewritten(store, tmp_path, monkeypatch):
     monkeypatch.setattr(recorder_module, "SMALL_CHECKPOINT", -1)
     writes = []
-    original = recorder_module._write_in_place
+    original = recorder_module.write_checkpoint
 
-    def watched(checkpoint, path):
+    def watched(checkpoint, path, buffer):
         last = _last_checkpoint(run)
         writes.append((path.name, last.exists() and path.exists() and os.path.samefile(path, last)))
-        original(checkpoint, path)
+        original(checkpoint, path, buffer)
 
-    monkeypatch.setattr(recorder_module, "_write_in_place", watched)
+    monkeypatch.setattr(recorder_module, "write_checkpoint", watched)
     with tracking.step_run("train", "resnet18", "finetune") as run:
         recorder = tracking.EpochRecorder(tmp_path, min_interval=0)
         for epoch in (1, 2, 3, 4):
@@ -133,11 +136,11 @@ def test_a_resumed_recorder_does_not_write_into_the_slot_its_killed_process_publ
         killed.thread.join()  # stopped as by kill -9: no close(), its slots stay
         resumed = tracking.EpochRecorder(tmp_path, min_interval=0)
 
-        def killed_mid_write(checkpoint, path):
+        def killed_mid_write(checkpoint, path, buffer):
             path.write_bytes(b"half a checkpoint")
             raise OSError("killed")
 
-        monkeypatch.setattr(recorder_module, "_write_in_place", killed_mid_write)
+        monkeypatch.setattr(recorder_module, "write_checkpoint", killed_mid_write)
         resumed(Stats(2), None, lambda: {"epoch": 2})
         with pytest.raises(OSError, match="killed"):
             resumed.close()
@@ -230,3 +233,50 @@ def test_ui_hint_opens_the_compare_view_of_the_runs_given(store, monkeypatch):
     assert address.startswith("http://tracking:5000/#/") and page == "/compare-runs"
     # The UI reads both lists with JSON.parse.
     assert {k: json.loads(unquote(v[0])) for k, v in parse_qs(query).items()} == {"runs": ["a1", "b2"], "experiments": ["7"]}
+
+
+def _saved_bytes(checkpoint: dict) -> bytes:
+    crc = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        return buffer.getvalue()
+    finally:
+        torch.serialization.set_crc32_options(crc)
+
+
+@pytest.mark.skipif(not checkpoint_file.O_DIRECT, reason="this OS has no O_DIRECT")
+def test_a_direct_write_holds_what_torch_save_writes_over_a_longer_file_and_across_buffers(tmp_path, monkeypatch):
+    checkpoint = {"w": torch.arange(10_007, dtype=torch.float32), "m": {"v": torch.ones(3, 5)}, "epoch": 3}
+    path = tmp_path / "slot"
+    path.write_bytes(b"x" * 200_000)  # the checkpoint an epoch ago, longer than this one
+    flags = []
+    real_open = os.open
+    monkeypatch.setattr(checkpoint_file.os, "open", lambda p, f, *a: flags.append(f) or real_open(p, f, *a))
+    checkpoint_file.write_checkpoint(checkpoint, path, mmap.mmap(-1, 3 * checkpoint_file.ALIGNMENT))  # 12 kB: many drains
+    assert flags and all(f & checkpoint_file.O_DIRECT for f in flags)
+    assert path.read_bytes() == _saved_bytes(checkpoint)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], checkpoint["w"])
+
+
+@pytest.mark.parametrize("refused_at", ["open", "write"])
+def test_a_file_system_refusing_direct_writes_gets_the_checkpoint_through_the_cache(tmp_path, monkeypatch, refused_at):
+    checkpoint = {"w": torch.arange(5000, dtype=torch.float64), "epoch": 1}
+    path = tmp_path / "slot"
+    real_open, real_pwrite = os.open, os.pwrite
+
+    def refusing_open(p, f, *a):
+        if refused_at == "open" and f & checkpoint_file.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(p, f, *a)
+
+    def refusing_pwrite(*a):
+        if refused_at == "write":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(*a)
+
+    monkeypatch.setattr(checkpoint_file.os, "open", refusing_open)
+    monkeypatch.setattr(checkpoint_file.os, "pwrite", refusing_pwrite)
+    checkpoint_file.write_checkpoint(checkpoint, path, checkpoint_file.new_buffer())
+    assert path.read_bytes() == _saved_bytes(checkpoint)
