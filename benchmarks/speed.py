@@ -4,11 +4,13 @@ measured side by side in this one run, which adds its section to RESULTS.md.
     python benchmarks/speed.py                  # about 12 minutes on 2 CPU cores
     python benchmarks/speed.py --device cuda    # the same on a GPU (AMP and channels_last there)
 
-1. prepare (listing, both content hashes, decode, resize, cache) against the plain PIL loop
-   (open, convert to L, resize to the target: one process per core, started before the clock)
-   on kermany-2400 at 224 and 64 px and on 1,000 generated 1024 px JPEGs at 224 px. Fidelity:
-   the mean and largest absolute grey-level difference of what prepare stored against a full
-   decode and resize of the same files, and the test accuracy of one model trained on each.
+1. prepare (listing, the three hashes, decode, resize, cache, checks and data report) against
+   the plain PIL loop (open, convert to L, resize to the target: one process per core, started
+   before the clock), alternated in pairs, on kermany-2400 at 224 and 64 px and on 1,000
+   generated 1024 px JPEGs at 224 px; each part's cost an image beside what Pillow's reduced
+   decode and SHA-256 cost. Fidelity: the mean and largest absolute grey-level difference of
+   what prepare stored against a full decode and resize of the same files, and the test accuracy
+   of one model trained on each.
 2. tracking: the train step's recorder (metrics, every checkpoint, until the last is stored)
    against none, fine-tune and frozen, ResNet50 and EfficientNet-B0, paired and alternated.
 3. precision: fp32 against bf16 autocast at 224 px: extraction and fine-tune images per
@@ -41,7 +43,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from large import generate  # noqa: E402
+from large import generate, plain_pil  # noqa: E402
 from run import KERMANY, Bench, machine, timed, tracking_overhead  # noqa: E402
 
 from pipeline import tracking  # noqa: E402
@@ -59,14 +61,6 @@ from pipeline.tracking import recorder  # noqa: E402
 # -- 1. prepare ----------------------------------------------------------------------------------
 
 
-def _plain_pil(job: tuple[list[str], int]) -> int:
-    files, size = job
-    for file in files:
-        with Image.open(file) as img:
-            np.asarray(img.convert("L").resize((size, size), Image.Resampling.BILINEAR))
-    return len(files)
-
-
 REPEATS = 5  # prepare runs for about a second, and this machine's speed drifts from one second to the next: alternated pairs, their median
 
 
@@ -77,11 +71,11 @@ def prepare_row(name: str, data_dir: str, size: int, work: Path, workers: int) -
     files = sorted(str(p) for p in Path(data_dir).rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     cache = work / f"cache-{name}-{size}"
     plain, seconds, fast = [], [], None
-    with ProcessPoolExecutor(workers) as pool:
-        list(pool.map(_plain_pil, [(files[:8], size)] * workers))
+    with ProcessPoolExecutor(workers) as pool, PhaseClock() as phases:
+        list(pool.map(plain_pil, [(files[:8], size)] * workers))
         for _ in range(REPEATS):
             start = time.perf_counter()
-            list(pool.map(_plain_pil, [(files[k::workers], size) for k in range(workers)]))
+            list(pool.map(plain_pil, [(files[k::workers], size) for k in range(workers)]))
             plain.append(time.perf_counter() - start)
             shutil.rmtree(cache, ignore_errors=True)
             took, fast = prepared(data_dir, size, cache)
@@ -100,10 +94,45 @@ def prepare_row(name: str, data_dir: str, size: int, work: Path, workers: int) -
         "prepare_s": statistics.median(seconds),
         "ratio": statistics.median(ratios),
         "ratio_range": (ratios[0], ratios[-1]),
+        "phases": phases.medians(),
         "fidelity": fidelity(fast, full),
         "full": full,
         "fast": fast,
     }
+
+
+class PhaseClock:
+    """Where a prepare's time goes, from its own steps: listing (and naming the cache entry),
+    decoding (both processes), writing the entry, and the checks and data report; the median of
+    each over the runs timed while the clock is on."""
+
+    PHASES = {"locate_dataset": "listing", "decode_images": "decoding", "build_entry": "entry", "data_report": "report"}
+
+    def __enter__(self) -> PhaseClock:
+        from pipeline import data
+
+        self.seconds: dict[str, list[float]] = {phase: [] for phase in self.PHASES.values()}
+        self.originals = {name: getattr(data, name) for name in self.PHASES}
+        for name, phase in self.PHASES.items():
+            setattr(data, name, self._clocked(self.originals[name], phase))
+        return self
+
+    def _clocked(self, function, phase: str):
+        def clocked(*args, **kwargs):
+            seconds, result = timed(lambda: function(*args, **kwargs))
+            self.seconds[phase].append(seconds)
+            return result
+
+        return clocked
+
+    def __exit__(self, *_) -> None:
+        from pipeline import data
+
+        for name, function in self.originals.items():
+            setattr(data, name, function)
+
+    def medians(self) -> dict[str, float]:
+        return {phase: statistics.median(s) for phase, s in self.seconds.items() if s}
 
 
 def prepared(data_dir: str, size: int, cache: Path, full_decode: bool = False):
@@ -396,15 +425,16 @@ def render(r: dict, command: str, seconds: float, device_setting: str) -> str:
         )
     costs = []
     for p in r["prepare"]:
-        c = p["costs"]
+        c, ph = p["costs"], p["phases"]
         own = c["decode"] + c["resize"] + c["hashes"]
-        fixed = p["prepare_s"] - p["n"] * own / 1e6 / os.cpu_count()
+        in_run = ph["decoding"] * os.cpu_count() / p["n"] * 1e6  # an image's share of the decoding, in each process
         costs.append(
-            f"- prepare {p['name']} at {p['size']} px, microseconds an image in one process: plain loop {c['plain loop']:.0f}; prepare's decode "
-            f"{c['decode']:.0f} (Pillow's reduced decode {c['pillow decode']:.0f}), resize {c['resize']:.0f}, the three hashes (file, pixels, "
-            f"perceptual) {c['hashes']:.0f} (with SHA-256 {c['sha256 hashes']:.0f}): {own:.0f} in all, {c['plain loop'] / own:.2f} x the loop's rate; "
-            f"the other {max(fixed, 0):.2f} s of its {p['prepare_s']:.2f} s are prepare's fixed work (listing, starting the worker, the checks, "
-            "the entry and the data report), which a set this small does not amortise"
+            f"- prepare {p['name']} at {p['size']} px: {p['prepare_s']:.2f} s, of which listing {ph['listing']:.3f} s, decoding "
+            f"{ph['decoding']:.3f} s ({in_run:.0f} us an image in each of {os.cpu_count()} processes, start included), writing the entry "
+            f"{ph['entry']:.3f} s, checks and data report {ph['report']:.3f} s. Microseconds an image, its parts timed alone in one process: "
+            f"plain loop {c['plain loop']:.0f}; prepare's decode {c['decode']:.0f} (Pillow's reduced decode {c['pillow decode']:.0f}), resize "
+            f"{c['resize']:.0f}, the three hashes (file, pixels, perceptual) {c['hashes']:.0f} (with SHA-256 {c['sha256 hashes']:.0f}): "
+            f"{own:.0f}, {c['plain loop'] / own:.2f} x the loop's rate"
             + (
                 "; the files are stored at the target size, so a reduced-scale decode has nothing to skip: prepare decodes what the loop "
                 "decodes, plus the hashes the leakage check needs"

@@ -175,20 +175,20 @@ def _share_claims(claims) -> None:
     _claims = claims
 
 
-def _decode_run(job: tuple[int, int, list[SourceImage], int, str, int, int]) -> list | None:
+def _decode_run(job: tuple[int, int, list[str | np.ndarray], int, str, int, int]) -> list | None:
     """Decode a run of consecutive images and write their rows into the scratch file at once
     (one write a run, not one an image; an unreadable image's row stays zero). None where
     another process has taken the run already."""
-    run, start, images, size, path, offset, max_pixels = job
+    run, start, sources, size, path, offset, max_pixels = job
     if _claims is not None:
         with _claims.get_lock():
             if _claims[run]:
                 return None
             _claims[run] = 1
-    rows = np.zeros((len(images), size, size), np.uint8)
+    rows = np.zeros((len(sources), size, size), np.uint8)
     meta = []
-    for k, image in enumerate(images):
-        decoded, reason, stored = decode(image, max_pixels, at_least=size)
+    for k, source in enumerate(sources):
+        decoded, reason, stored = decode(source, max_pixels, at_least=size)
         if decoded is None:
             meta.append((None, reason, stored))
             continue
@@ -220,7 +220,8 @@ def decode_images(
     # Runs small enough that the processes finish together (the last run is the tail the others
     # wait for), large enough that handing one over costs little beside its decoding.
     size = max(1, min(32, len(images) // (workers * 16)))
-    jobs = [(run, k, images[k : k + size], image_size, str(path), offset, max_pixels) for run, k in enumerate(range(0, len(images), size))]
+    sources = [str(image.path) if image.path is not None else image.array for image in images]
+    jobs = [(run, k, sources[k : k + size], image_size, str(path), offset, max_pixels) for run, k in enumerate(range(0, len(images), size))]
     results: list = [None] * len(jobs)
     progress = tqdm(total=len(images), desc="decoding images", unit="img", disable=bars_disabled())
     try:

@@ -192,19 +192,25 @@ def fingerprint(data: bytes) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
-def decode(image: SourceImage, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, at_least: int = 0) -> tuple[Grey | None, str | None, str]:
-    """The image in grey, read for `at_least` px (or None and the reason it is unreadable), and
-    the stored bytes' fingerprint: one read of the file serves both (a file that cannot be read is fingerprinted
-    by the reason, so a change of it still changes the digest)."""
+def decode(source: str | np.ndarray, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, at_least: int = 0) -> tuple[Grey | None, str | None, str]:
+    """An image's file (its path) or npz row in grey, read for `at_least` px (or None and the
+    reason it is unreadable), and the stored bytes' fingerprint: one read of the file serves both
+    (a file that cannot be read is fingerprinted by the reason, so a change of it still changes
+    the digest). A path, not a `SourceImage`: a decoding worker is handed thousands of them."""
+    if isinstance(source, np.ndarray):
+        data = np.ascontiguousarray(source).tobytes()
+        try:
+            return array_to_grey(source), None, fingerprint(data)
+        except UnreadableImage as e:
+            return None, str(e), fingerprint(data)
     try:
-        data = image.stored_bytes()
+        data = read_file(Path(source))
     except UnreadableImage as e:
         return None, str(e), fingerprint(f"unreadable: {e}".encode())
     try:
-        grey = array_to_grey(image.array) if image.array is not None else read_image(data, max_pixels, at_least)
+        return read_image(data, max_pixels, at_least), None, fingerprint(data)
     except UnreadableImage as e:
         return None, str(e), fingerprint(data)
-    return grey, None, fingerprint(data)
 
 
 # -- listing ----------------------------------------------------------------------------------
