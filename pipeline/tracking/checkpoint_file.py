@@ -19,6 +19,8 @@ import mmap
 import os
 from pathlib import Path
 
+import numpy as np
+
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 ALIGNMENT = 4096  # of offsets, lengths and memory in direct writes: the largest logical block in use
 BUFFER_BYTES = 8 * 2**20
@@ -29,17 +31,18 @@ class DirectFile:
     each full buffer, the file cut to its length at `close()`."""
 
     def __init__(self, fd: int, buffer: mmap.mmap):
-        self.fd, self.view = fd, memoryview(buffer)
+        # numpy views: their copies let go of the GIL, so training's thread runs on meanwhile
+        self.fd, self.view, self.array = fd, memoryview(buffer), np.frombuffer(buffer, np.uint8)
         self.filled = self.offset = 0
 
     def write(self, data) -> int:
-        data = memoryview(data).cast("B")
+        data = np.frombuffer(data, np.uint8)
         done = 0
         while done < len(data):
-            take = min(len(self.view) - self.filled, len(data) - done)
-            self.view[self.filled : self.filled + take] = data[done : done + take]
+            take = min(len(self.array) - self.filled, len(data) - done)
+            self.array[self.filled : self.filled + take] = data[done : done + take]
             self.filled, done = self.filled + take, done + take
-            if self.filled == len(self.view):
+            if self.filled == len(self.array):
                 self._drain(self.filled)
         return len(data)
 
