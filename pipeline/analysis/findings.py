@@ -196,7 +196,7 @@ def render(analysis: dict, max_listed: int = 30) -> str:
     for a, b in combinations(SPLIT_ORDER, 2):
         pair = f"{a}-{b}"
         exact = sum({f["split"] for f in g["files"]} >= {a, b} for g in leak["exact_duplicates_across_splits"])
-        near = sum({p["split_a"], p["split_b"]} == {a, b} for p in leak["near_duplicates_across_splits"])
+        near = leak["near_duplicate_pairs_by_splits"][pair]
         lines.append(f"| {a} & {b} | {patients.get(pair, {}).get('n_patients', 'n/a')} | {exact} | {near} |")
     if leak["near_duplicates_across_splits"]:
         lines += ["", "Near-duplicate pairs (Hamming distance of the perceptual hashes):", ""]

@@ -21,13 +21,13 @@ def naive_patient_pattern(pattern: str) -> str | None:
 def leakage(rows: list[ManifestRow], pattern: str, near_duplicate_bits: int = NEAR_DUPLICATE_BITS) -> dict:
     exact = describe_duplicates(rows)
     near = near_duplicates_across_splits(rows, near_duplicate_bits)
-    exact_pairs = {frozenset(f["path"] for f in g["files"]) for g in exact["across_splits"]}
     result = {
         "exact_duplicates_across_splits": exact["across_splits"],
         "n_exact_groups_across_splits": exact["n_groups_across_splits"],
-        "near_duplicates_across_splits": near,
-        "n_near_duplicate_pairs": len(near),
-        "n_near_duplicate_pairs_not_exact": sum(frozenset((p["file_a"], p["file_b"])) not in exact_pairs for p in near),
+        "near_duplicates_across_splits": near["pairs"],  # the closest, named
+        "n_near_duplicate_pairs": near["n_pairs"],
+        "near_duplicate_pairs_by_splits": near["n_by_splits"],
+        "n_near_duplicate_pairs_not_exact": near["n_not_exact"],
         "near_duplicate_max_bits": near_duplicate_bits,
         "patients": describe_patients(rows, pattern),
     }

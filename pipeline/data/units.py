@@ -71,42 +71,79 @@ def hash_bits(hashes: list[str]) -> np.ndarray:
     return np.unpackbits(packed, axis=1)[:, :HASH_BITS].astype(bool)
 
 
-def _distances(bits: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    packed = np.packbits(bits, axis=1)
-    return np.bitwise_count(packed[i] ^ packed[j]).sum(axis=1)
+# Candidates are compared this many pairs at a time, so memory stays bounded however alike the
+# hashes are (100,000 generated radiographs put 7 x 10^8 candidates in one block); a bucket larger
+# than LARGE_BUCKET is walked row by row instead of by offsets.
+PAIRS_AT_ONCE = 2**20
+LARGE_BUCKET = 256
 
 
 def near_duplicate_index_pairs(bits: np.ndarray, max_bits: int = NEAR_DUPLICATE_BITS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair i < j of hashes at most `max_bits` apart: (i, j, distance), sorted by i, j."""
+    """Every pair i < j of hashes at most `max_bits` apart: (i, j, distance), sorted by i, j.
+    Each pair is kept only in the first block its two hashes agree on, so it is found once and
+    nothing but the pairs found is held: memory grows with them, not with the candidates."""
     n = len(bits)
     blocks = np.array_split(np.arange(bits.shape[1]), min(max_bits + 1, bits.shape[1]))
-    candidates = []
+    # Column arrays, gathered one at a time (a gather and a sum along a short row cost more):
+    # each block's value as a number, and the hash as 64-bit words.
+    values = [_as_number(np.packbits(bits[:, block], axis=1)) for block in blocks]
+    packed = np.packbits(np.pad(bits, ((0, 0), (0, -bits.shape[1] % 64))), axis=1).view(np.uint64)
+    words = [np.ascontiguousarray(packed[:, k]) for k in range(packed.shape[1])]
     budget = n * (n - 1) // 2
-    for block in blocks:
-        # Images sharing this block's value: sort by it, runs of equal keys are the buckets.
-        keys = np.packbits(bits[:, block], axis=1)
-        order = np.lexsort(keys.T[::-1])
-        sorted_keys = keys[order]
-        starts = np.r_[0, np.flatnonzero((sorted_keys[1:] != sorted_keys[:-1]).any(axis=1)) + 1, n]
+    found = []
+    for b, value in enumerate(values):
+        # Images sharing this block's value: sort by it, runs of equal values are the buckets.
+        order = np.argsort(value, kind="stable")
+        sorted_values = value[order]
+        starts = np.r_[0, np.flatnonzero(sorted_values[1:] != sorted_values[:-1]) + 1, n]
         sizes = np.diff(starts)
         if int((sizes * (sizes - 1) // 2).sum()) > budget // 4:  # hashes too alike to index: compare all
             return _all_pairs(bits, max_bits)
-        # Every pair within a bucket, by offset: position k pairs with k + d while both lie in one
-        # bucket: one array operation per offset, not one per bucket (kermany-2400 has thousands of small ones).
-        bucket = np.repeat(np.arange(len(sizes)), sizes)
-        for d in range(1, int(sizes.max())):
-            k = np.flatnonzero(bucket[:-d] == bucket[d:])
-            a, b = order[k], order[k + d]
-            candidates.append(np.minimum(a, b) * n + np.maximum(a, b))
-    if not candidates:
+        for a, c in _bucket_pairs(order, starts, sizes):
+            distance = sum(np.bitwise_count(word[a] ^ word[c]).astype(np.int16) for word in words)
+            close = distance <= max_bits
+            a, c, distance = a[close], c[close], distance[close]
+            found_before = np.zeros(len(a), bool)
+            for value in values[:b]:
+                found_before |= value[a] == value[c]
+            keep = ~found_before
+            found.append((np.minimum(a, c)[keep], np.maximum(a, c)[keep], distance[keep].astype(int)))
+    if not found:
         return np.zeros(0, int), np.zeros(0, int), np.zeros(0, int)
-    # Sorted and deduplicated by hand: np.unique's hash table (numpy 2) takes several times as long on these codes.
-    pairs = np.sort(np.concatenate(candidates))
-    pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
-    i, j = pairs // n, pairs % n
-    distance = _distances(bits, i, j)
-    keep = distance <= max_bits
-    return i[keep], j[keep], distance[keep]
+    i, j, distance = (np.concatenate(parts) for parts in zip(*found))
+    order = np.lexsort((j, i))
+    return i[order], j[order], distance[order]
+
+
+def _as_number(key: np.ndarray) -> np.ndarray:
+    """Rows of packed bits as one number each (equal rows, equal numbers)."""
+    if key.shape[1] <= 8:
+        return np.ascontiguousarray(np.pad(key, ((0, 0), (0, 8 - key.shape[1])))).view(np.uint64).reshape(-1)
+    return np.unique(key, axis=0, return_inverse=True)[1].reshape(-1)  # blocks wider than 64 bits (max_bits below 3)
+
+
+def _bucket_pairs(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray):
+    """The pairs of positions sharing a bucket, at most `PAIRS_AT_ONCE` (or one offset's worth) at a time."""
+    if not len(sizes):
+        return
+    # Small buckets by offset: position k pairs with k + d while both lie in one bucket, one
+    # array operation per offset, not one per bucket (kermany-2400 has thousands of small ones).
+    bucket = np.repeat(np.arange(len(sizes)), sizes)
+    small = np.where(sizes[bucket] <= LARGE_BUCKET, bucket, -1 - np.arange(len(bucket)))  # a large bucket's never match
+    for d in range(1, int(min(sizes.max(), LARGE_BUCKET))):
+        k = np.flatnonzero(small[:-d] == small[d:])
+        if len(k):
+            yield order[k], order[k + d]
+    # Large buckets row by row: member r with every member after it.
+    for start, size in zip(starts[:-1][sizes > LARGE_BUCKET], sizes[sizes > LARGE_BUCKET]):
+        members = order[start : start + size]
+        rows = max(1, PAIRS_AT_ONCE // size)
+        for first in range(0, size - 1, rows):
+            r = np.arange(first, min(first + rows, size - 1))
+            counts = size - 1 - r
+            a = np.repeat(r, counts)
+            c = np.arange(len(a)) - np.repeat(np.cumsum(counts) - counts, counts) + a + 1
+            yield members[a], members[c]
 
 
 def _all_pairs(bits: np.ndarray, max_bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

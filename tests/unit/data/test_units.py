@@ -74,3 +74,37 @@ def test_a_near_copy_in_test_is_seen_within_the_distance_set(tmp_path):
     seen = seen_in_train(rows, "test", "", 16)
     assert [r.path for r, s in zip(test_rows, seen) if s] == ["test/NORMAL/scan-copy.png"]
     assert not seen_in_train(rows, "test", "", pair["bits"] - 1).any()  # the distance is the setting's
+
+
+def test_clustered_hashes_are_paired_in_bounded_pieces_each_pair_once(monkeypatch):
+    """Hashes as alike as generated radiographs (buckets far above LARGE_BUCKET): walked row by
+    row and a few pairs at a time, the pairs are those of comparing every hash with every other."""
+    from pipeline.data import units
+
+    rng = np.random.default_rng(3)
+    bases = rng.random((4, 255)) < 0.5
+    bits = bases[rng.integers(0, 4, 300)] ^ (rng.random((300, 255)) < 0.02)  # four clusters of near-copies
+    monkeypatch.setattr(units, "LARGE_BUCKET", 8)
+    monkeypatch.setattr(units, "PAIRS_AT_ONCE", 50)
+    i, j, distance = near_duplicate_index_pairs(bits, 16)
+    every_i, every_j, every_distance = units._all_pairs(bits, 16)
+    order = np.lexsort((every_j, every_i))
+    assert len(i) > 5000 and len(set(zip(i.tolist(), j.tolist()))) == len(i)
+    assert np.array_equal(i, every_i[order]) and np.array_equal(j, every_j[order]) and np.array_equal(distance, every_distance[order])
+
+
+def test_a_report_counts_every_pair_across_splits_and_names_the_closest():
+    from pipeline.data.checks import ManifestRow, near_duplicates_across_splits
+
+    rng = np.random.default_rng(4)
+    base = rng.random(255) < 0.5
+    noisy = [base ^ (rng.random(255) < 0.02) for _ in range(12)]
+    phashes = [np.packbits(b).tobytes().hex() for b in noisy]
+    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 3
+    content = ["same" if k in (0, 9) else f"c{k}" for k in range(12)]  # one pair of identical pixels, train and test
+    rows = [ManifestRow(f"{s}/x{k}.png", s, "NORMAL", 8, 8, "L", content[k], phash=phashes[k]) for k, s in enumerate(splits)]
+    near = near_duplicates_across_splits(rows, 255, listed=5)
+    assert near["n_by_splits"] == {"train-val": 18, "train-test": 18, "val-test": 9} and near["n_pairs"] == 45
+    assert near["n_not_exact"] == 44 and len(near["pairs"]) == 5
+    every = near_duplicates_across_splits(rows, 255, listed=1000)["pairs"]
+    assert len(every) == 45 and max(p["bits"] for p in near["pairs"]) <= min(p["bits"] for p in every if p not in near["pairs"])
