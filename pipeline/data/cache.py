@@ -199,7 +199,10 @@ def _decode_run(job: tuple[int, int, list[str | np.ndarray], int, str, int, int]
         meta.append(((width, height, decoded.mode, pixel_hash(decoded.pixels), perceptual_hash(rows[k])), None, stored))
     if path not in _output:
         _output[path] = os.open(path, os.O_WRONLY)
-    os.pwrite(_output[path], rows, offset + start * size * size)
+    data, at = memoryview(rows).cast("B"), offset + start * size * size
+    while data:  # a write may stop short (a full disk says so at the next)
+        written = os.pwrite(_output[path], data, at)
+        data, at = data[written:], at + written
     return meta
 
 
@@ -230,9 +233,15 @@ def decode_images(
             _share_claims(multiprocessing.Array("b", len(jobs)))
             # Objects alive now are left out of garbage collection while the workers live: a full
             # collection writes to every object, and each page it writes is then copied from the
-            # one the forked workers share (a hundred MB and a third of the decoding time, measured).
+            # one the forked workers share (on kermany-2400: 29,000 pages, 0.2 s of a 0.35 s prepare).
+            thaw = gc.get_freeze_count() == 0  # a caller's own freeze is left as it was
             gc.freeze()
-            pool = ProcessPoolExecutor(workers - 1, initializer=_share_claims, initargs=(_claims,))
+            try:
+                pool = ProcessPoolExecutor(workers - 1, initializer=_share_claims, initargs=(_claims,))
+            except BaseException:
+                if thaw:
+                    gc.unfreeze()
+                raise
             try:
                 futures = [pool.submit(_decode_run, job) for job in jobs]
                 # This process decodes too, from the last run back, while the pool takes runs
@@ -250,7 +259,8 @@ def decode_images(
                 # The workers exit while the entry is built: unmapping a forked process takes
                 # as long as a few runs' decoding, and nothing here waits for it.
                 pool.shutdown(wait=False, cancel_futures=True)
-                gc.unfreeze()
+                if thaw:
+                    gc.unfreeze()
         else:
             for run, job in enumerate(jobs):
                 results[run] = _decode_run(job)

@@ -155,7 +155,8 @@ LISTED_PAIRS = 1000
 def near_duplicates_across_splits(rows: list[ManifestRow], max_bits: int, listed: int = LISTED_PAIRS) -> dict:
     """Pairs of images in different splits whose perceptual hashes are within `max_bits` bits:
     how many there are (`n_pairs`), between each two splits (`n_by_splits`), how many are not
-    identical pixels (`n_not_exact`), and the `listed` closest named (`pairs`, closest first)."""
+    identical pixels (`n_not_exact`), and the `listed` closest named (`pairs`, closest first;
+    among pairs as close as the last listed, those first in the manifest)."""
     hashed = [r for r in rows if r.phash]
     i, j, distance = near_duplicate_index_pairs(hash_bits([r.phash for r in hashed]), max_bits)
     split = np.array([SPLIT_ORDER.index(r.split) for r in hashed], dtype=int)
@@ -164,7 +165,8 @@ def near_duplicates_across_splits(rows: list[ManifestRow], max_bits: int, listed
     content = np.array([r.content_hash for r in hashed], dtype=object)
     first, second = np.minimum(split[i], split[j]), np.maximum(split[i], split[j])
     pairs = []
-    for a, b, bits in zip(*(x[np.lexsort((j, i, distance))[:listed]] for x in (i, j, distance))):
+    closest = np.lexsort((j, i, distance))[:listed]
+    for a, b, bits in zip(i[closest], j[closest], distance[closest]):
         one, other = sorted((hashed[a], hashed[b]), key=lambda r: (SPLIT_ORDER.index(r.split), r.path))
         pairs.append({"split_a": one.split, "file_a": one.path, "split_b": other.split, "file_b": other.path, "bits": int(bits)})
     return {

@@ -8,9 +8,9 @@ the decoding itself (benchmarks/RESULTS.md: a 224 px file read each way). The pi
 Pillow's draft mode bit for bit.
 
 Anything this path does not cover as Pillow would is handed back (None) for `read_image`'s Pillow
-path: an EXIF block (it may hold an orientation to apply), colour spaces other than grey and YCbCr
-(Adobe CMYK and RGB JPEGs), and any file libjpeg-turbo's API refuses, so that Pillow's message is
-the reason a report shows.
+path: an APP1 segment anywhere before the scan (EXIF or XMP, either of which may hold an
+orientation to apply), colour spaces other than grey and YCbCr (Adobe CMYK and RGB JPEGs), and any
+file libjpeg-turbo's API refuses, so that Pillow's message is the reason a report shows.
 """
 
 from __future__ import annotations
@@ -21,15 +21,16 @@ import simplejpeg
 from pipeline.data.unreadable import check_pixels
 
 _START_OF_IMAGE = b"\xff\xd8"
-# The markers after which no application segment (EXIF's APP1) can come: start of frame or scan.
-_FRAME_OR_SCAN = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xDA}
+_START_OF_SCAN = 0xDA  # the entropy-coded data follows: Pillow reads no metadata past it
+_APP1 = 0xE1  # EXIF or XMP
 # The file's colour mode as Pillow names it, for the manifest (a YCbCr JPEG opens as RGB there).
 _MODES = {"Gray": "L", "YCbCr": "RGB"}
 
 
-def _has_exif(data: bytes) -> bool:
-    """Whether an APP1 EXIF segment comes before the frame: the segments' lengths are walked, so
-    nothing in the pixels' data is mistaken for one; a malformed header counts as EXIF (Pillow reads it)."""
+def _has_app1(data: bytes) -> bool:
+    """Whether an APP1 segment (EXIF, XMP) comes before the scan: the segments' lengths are walked,
+    so nothing in the pixels' data is mistaken for one; a malformed header counts as one (Pillow
+    reads it, and says what is wrong)."""
     at = 2
     while at + 4 <= len(data):
         if data[at] != 0xFF:
@@ -38,9 +39,9 @@ def _has_exif(data: bytes) -> bool:
         if marker == 0xFF:  # fill byte before a marker
             at += 1
             continue
-        if marker in _FRAME_OR_SCAN:
+        if marker == _START_OF_SCAN:
             return False
-        if marker == 0xE1 and data[at + 4 : at + 10] == b"Exif\x00\x00":
+        if marker == _APP1:
             return True
         at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
     return True
@@ -51,7 +52,7 @@ def read_jpeg(data: bytes, max_pixels: int, at_least: int) -> tuple[np.ndarray, 
     smallest M/8 scale that keeps both sides at least `at_least` (0: full size); None where
     Pillow should read the file instead (see the module's docstring). Refuses, from the header,
     a picture above `max_pixels` (`UnreadableImage`)."""
-    if not data.startswith(_START_OF_IMAGE) or _has_exif(data):
+    if not data.startswith(_START_OF_IMAGE) or _has_app1(data):
         return None
     try:
         height, width, colour, _ = simplejpeg.decode_jpeg_header(data)

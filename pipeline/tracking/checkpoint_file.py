@@ -34,6 +34,7 @@ class DirectFile:
         # numpy views: their copies let go of the GIL, so training's thread runs on meanwhile
         self.fd, self.view, self.array = fd, memoryview(buffer), np.frombuffer(buffer, np.uint8)
         self.filled = self.offset = 0
+        self.refused = False  # the file system took the file open but refused a direct write
 
     def write(self, data) -> int:
         data = np.frombuffer(data, np.uint8)
@@ -49,7 +50,12 @@ class DirectFile:
     def _drain(self, length: int) -> None:
         written = 0
         while written < length:
-            written += os.pwrite(self.fd, self.view[written:length], self.offset + written)
+            try:
+                written += os.pwrite(self.fd, self.view[written:length], self.offset + written)
+            except OSError as e:
+                # Said here: raised inside torch.save, it comes out as torch's own RuntimeError.
+                self.refused = e.errno == errno.EINVAL
+                raise
         self.offset += length
         self.filled = 0
 
@@ -85,7 +91,8 @@ def write_checkpoint(checkpoint: dict, path: Path, buffer: mmap.mmap | None) -> 
 
 
 def _write_direct(checkpoint: dict, path: Path, buffer: mmap.mmap) -> bool:
-    """False where this file system refuses direct writes (nothing of the checkpoint written)."""
+    """False where this file system refuses direct writes (then the caller writes the whole file
+    again, through the cache, and cuts it to length)."""
     import torch
 
     try:
@@ -94,13 +101,13 @@ def _write_direct(checkpoint: dict, path: Path, buffer: mmap.mmap) -> bool:
         if e.errno == errno.EINVAL:
             return False
         raise
+    file = DirectFile(fd, buffer)
     try:
-        file = DirectFile(fd, buffer)
         torch.save(checkpoint, file)
         file.close()
         return True
-    except OSError as e:
-        if e.errno == errno.EINVAL:  # opened, but the first aligned write refused
+    except (OSError, RuntimeError):
+        if file.refused:  # opened, but an aligned write refused
             return False
         raise
     finally:

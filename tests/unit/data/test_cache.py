@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from conftest import make_dataset
 
+from pipeline.data import cache as cache_module
 from pipeline.data.cache import build_entry, cache_root, decode_images, entry_folder, load_entry, resize_square
 from pipeline.data.sources import list_folder
 
@@ -51,7 +52,7 @@ def test_entry_holds_every_readable_image_and_lists_the_rest(tmp_path, workers):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".building")]
 
 
-def test_every_process_count_decodes_every_image_once_and_alike(tmp_path):
+def test_every_process_count_decodes_every_image_once_and_alike(tmp_path, monkeypatch):
     """This process and the pool share the runs (each run taken by one of them): the rows and
     what is known of each image are the same whatever the number of processes."""
     from PIL import Image
@@ -65,7 +66,20 @@ def test_every_process_count_decodes_every_image_once_and_alike(tmp_path):
         img.save(png.with_suffix(".jpeg"), quality=90, **({"exif": exif.tobytes()} if k == 3 else {}))
         png.unlink()
     images = list_folder(data).images
-    decoded = [decode_images(images, 24, workers, tmp_path / f"s{workers}") for workers in (1, 2, 3)]
+    log = tmp_path / "decoded.log"
+    real = cache_module.decode
+
+    def logged(source, *args, **kwargs):  # the workers fork from here: they log too
+        with open(log, "a") as f:
+            f.write(f"{source}\n")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "decode", logged)
+    decoded = []
+    for workers in (1, 2, 3):
+        log.unlink(missing_ok=True)
+        decoded.append(decode_images(images, 24, workers, tmp_path / f"s{workers}"))
+        assert sorted(log.read_text().splitlines()) == sorted(str(i.path) for i in images)  # each image once
     try:
         pixels = [np.load(d.path) for d in decoded]
         assert len(decoded[0].meta) == len(images) == 108 and all(d.meta == decoded[0].meta for d in decoded)

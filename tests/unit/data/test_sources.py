@@ -84,6 +84,23 @@ def test_jpegs_the_fast_path_does_not_cover_are_read_by_pillow(gradient):
         read_jpeg(encode(grey, "JPEG"), 599, 0)  # 30 x 20 = 600 px: refused from the header
 
 
+def test_exif_after_the_frame_header_still_turns_the_picture(gradient):
+    """JPEG lets metadata stand between the frame header and the scan, and Pillow reads it there."""
+    from pipeline.data.jpeg import read_jpeg
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with_exif = encode(Image.fromarray(gradient, "L"), "JPEG", exif=exif.tobytes(), quality=100)
+    plain = encode(Image.fromarray(gradient, "L"), "JPEG", quality=100)
+    app1_at = with_exif.index(b"\xff\xe1")
+    app1 = with_exif[app1_at : app1_at + 2 + int.from_bytes(with_exif[app1_at + 2 : app1_at + 4], "big")]
+    frame_at = plain.index(b"\xff\xc0")
+    after_frame = frame_at + 2 + int.from_bytes(plain[frame_at + 2 : frame_at + 4], "big")
+    moved = plain[:after_frame] + app1 + plain[after_frame:]
+    assert read_jpeg(moved, 10**8, 0) is None
+    assert read_image(moved).pixels.shape == (30, 20)
+
+
 def test_sixteen_bit_is_stretched_to_full_range(gradient):
     twelve_bit = gradient.astype(np.uint16) * 16  # a 12-bit detector's values in a 16-bit file
     pixels, mode, _ = read_image(encode(Image.fromarray(twelve_bit)))
