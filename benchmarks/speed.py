@@ -1,7 +1,7 @@
 """Faster than the libraries it stands on: prepare, tracking, precision and compile, each
 measured side by side in this one run, which adds its section to RESULTS.md.
 
-    python benchmarks/speed.py                  # about 12 minutes on 2 CPU cores
+    python benchmarks/speed.py                  # about 15 minutes on 2 CPU cores
     python benchmarks/speed.py --device cuda    # the same on a GPU (AMP and channels_last there)
 
 1. prepare (listing, the three hashes, decode, resize, cache, checks and data report) against
@@ -379,8 +379,8 @@ def main() -> None:
     r["tracking"] = {
         # 5 epochs: four checkpoints (the last epoch writes none: nothing resumes from it), the
         # first two into new slot files, the others rewriting them in place, as in a longer run
-        ("resnet50", "fine-tune"): measured_tracking(bench, "resnet50", False, 5, 320, 3),
-        ("efficientnet_b0", "fine-tune"): measured_tracking(bench, "efficientnet_b0", False, 5, 320, 3),
+        ("resnet50", "fine-tune"): measured_tracking(bench, "resnet50", False, 5, 320, 5),
+        ("efficientnet_b0", "fine-tune"): measured_tracking(bench, "efficientnet_b0", False, 5, 320, 5),
         ("resnet50", "frozen"): measured_tracking(bench, "resnet50", True, 10, None, 15),
         ("efficientnet_b0", "frozen"): measured_tracking(bench, "efficientnet_b0", True, 10, None, 15),
     }

@@ -148,7 +148,7 @@ def seen_in_train(
 
 
 # The near-duplicate pairs named in a report: the closest ones. A set of near-copies has pairs by the
-# million (100,000 generated radiographs: 6.6 million across splits); every pair is counted.
+# million (a picture copied 400 times alone has 80,000); every pair is counted.
 LISTED_PAIRS = 1000
 
 

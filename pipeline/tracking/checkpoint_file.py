@@ -19,8 +19,6 @@ import mmap
 import os
 from pathlib import Path
 
-import numpy as np
-
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 ALIGNMENT = 4096  # of offsets, lengths and memory in direct writes: the largest logical block in use
 BUFFER_BYTES = 8 * 2**20
@@ -31,19 +29,22 @@ class DirectFile:
     each full buffer, the file cut to its length at `close()`."""
 
     def __init__(self, fd: int, buffer: mmap.mmap):
-        # numpy views: their copies let go of the GIL, so training's thread runs on meanwhile
-        self.fd, self.view, self.array = fd, memoryview(buffer), np.frombuffer(buffer, np.uint8)
+        self.fd, self.view = fd, memoryview(buffer)
         self.filled = self.offset = 0
         self.refused = False  # the file system took the file open but refused a direct write
 
     def write(self, data) -> int:
-        data = np.frombuffer(data, np.uint8)
+        # Copied holding the GIL, which pauses training's thread for the copy: where training's
+        # operator threads fill the cores, a copy running beside them preempts one and stalls the
+        # others at every operator, which cost benchmarks/speed.py's fine-tune runs more than the
+        # pause did (a copy through numpy, which lets go of the GIL, was tried and measured).
+        data = memoryview(data).cast("B")
         done = 0
         while done < len(data):
-            take = min(len(self.array) - self.filled, len(data) - done)
-            self.array[self.filled : self.filled + take] = data[done : done + take]
+            take = min(len(self.view) - self.filled, len(data) - done)
+            self.view[self.filled : self.filled + take] = data[done : done + take]
             self.filled, done = self.filled + take, done + take
-            if self.filled == len(self.array):
+            if self.filled == len(self.view):
                 self._drain(self.filled)
         return len(data)
 
