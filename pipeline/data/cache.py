@@ -236,13 +236,9 @@ def decode_images(
             # one the forked workers share (kermany-2400, profiled with getrusage: 29,000 pages copied).
             thaw = gc.get_freeze_count() == 0  # a caller's own freeze is left as it was
             gc.freeze()
+            pool = None
             try:
                 pool = ProcessPoolExecutor(workers - 1, initializer=_share_claims, initargs=(_claims,))
-            except BaseException:
-                if thaw:
-                    gc.unfreeze()
-                raise
-            try:
                 futures = [pool.submit(_decode_run, job) for job in jobs]
                 # This process decodes too, from the last run back, while the pool takes runs
                 # from the first: a fork fewer, and no process idle while the others work.
@@ -258,7 +254,8 @@ def decode_images(
             finally:
                 # The workers exit while the entry is built: unmapping a forked process takes
                 # as long as a few runs' decoding, and nothing here waits for it.
-                pool.shutdown(wait=False, cancel_futures=True)
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
                 if thaw:
                     gc.unfreeze()
         else:

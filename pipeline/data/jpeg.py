@@ -3,9 +3,9 @@
 Most radiographs come as JPEGs, and a full-size one (1,000-3,000 px) read for 224 px need not be
 decoded whole: libjpeg-turbo's IDCT can scale by any M/8, and a YCbCr file's luma is its grey, so
 the chroma is never transformed. Pillow reaches the same decoder, but only at 1/2, 1/4 and 1/8 and
-through a header parser and a buffered feed written in Python, which cost a small file more than
-the decoding itself (benchmarks/RESULTS.md: a 224 px file read each way). The pixels are the decoder's own: at a scale both reach, they equal
-Pillow's draft mode bit for bit.
+through a header parser and a buffered feed written in Python, which add half again to a 224 px
+file's decoding (benchmarks/RESULTS.md prices both). The pixels are the decoder's own: at a scale
+both reach, they equal Pillow's draft mode bit for bit.
 
 Anything this path does not cover as Pillow would is handed back (None) for `read_image`'s Pillow
 path: an APP1 segment anywhere before the scan (EXIF or XMP, either of which may hold an

@@ -178,8 +178,8 @@ def array_to_grey(array: np.ndarray) -> Grey:
 
 def pixel_hash(grey: np.ndarray) -> str:
     """Identity of the decoded pixels: the same picture saved twice, or re-encoded losslessly,
-    hashes the same. XXH3 (64 bits): it tells pictures apart and guards nothing, and SHA-256 of
-    the pixels cost a 224 px image a sixth of its preparation (benchmarks/RESULTS.md)."""
+    hashes the same. XXH3 (64 bits): it tells pictures apart and guards nothing, at a tenth of
+    SHA-256's cost on a 224 px image (benchmarks/RESULTS.md prices both)."""
     digest = xxhash.xxh3_64(str(grey.shape).encode())
     digest.update(np.ascontiguousarray(grey))
     return digest.hexdigest()

@@ -72,8 +72,8 @@ def hash_bits(hashes: list[str]) -> np.ndarray:
 
 
 # Candidates are compared this many pairs at a time, so memory stays bounded however alike the
-# hashes are (benchmarks/large.py's set, 256 pictures each copied some 400 times with noise, has
-# buckets of thousands in every block); a bucket larger than LARGE_BUCKET is walked row by row.
+# hashes are (benchmarks/large.py's set, 256 pictures each copied some 400 times with noise, puts
+# hundreds of copies of a picture in one bucket); a bucket larger than LARGE_BUCKET is walked row by row.
 PAIRS_AT_ONCE = 2**20
 LARGE_BUCKET = 256
 

@@ -1,9 +1,9 @@
 """A checkpoint written in place, around the page cache where the file system allows it.
 
 A fine-tuned ResNet50's checkpoint is 280 MB an epoch. Written through the page cache, each write
-first makes the kernel find that many pages (on a VM, pages the host must first back: the
-measured cause of most of tracking's cost, benchmarks/RESULTS.md), and those pages can then push
-the decoded images out of the cache, to be read again from disk. Written with O_DIRECT, the bytes go
+first makes the kernel find that many pages (on a VM, pages the host must first back), and those
+pages can then push the decoded images out of the cache, to be read again from disk; the write's
+CPU before and after is in benchmarks/RESULTS.md (the 2026-12-03 and 2026-12-06 speed sections). Written with O_DIRECT, the bytes go
 from one reused, aligned buffer to the device, and the cache is left alone: the checkpoint is read
 again only by a resume. Where the file system refuses O_DIRECT (tmpfs, some network mounts, an
 OS without it), the file is written through the cache, as before.
